@@ -1,0 +1,244 @@
+"""Selective scan (the S6 recurrence of Mamba-1) and the causal depthwise conv1d, behind one call each.
+
+    h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
+    y_t = C_t . h_t + D * u_t,        out = y * silu(z)
+
+Shapes follow mamba-ssm's ``selective_scan_fn``: ``u, delta, z: [batch, E, L]``, ``A: [E, N]``,
+``B, C: [batch, N, L]`` (input-dependent, shared by all channels), ``D, delta_bias: [E]``.
+
+Three implementations of the same maths:
+
+* ``reference`` - a plain loop over time with autograd; slow and obvious, the yardstick for the tests.
+* ``torch`` - pure PyTorch, the default off-GPU. It walks the sequence in chunks of ``T`` steps, with one
+  fused in-place ``addcmul`` per time step on a ``[batch, E, N]`` state; the per-chunk work (discretisation,
+  the read-out with ``C``) is vectorised. A custom autograd function keeps memory linear in ``L`` without
+  the state dimension: forward stores only its inputs and the state at each chunk start
+  (``ceil(L/T) * batch * E * N`` values, none under ``torch.no_grad()``); backward recomputes each chunk's
+  states and runs the adjoint recurrence in reverse. Peak transient memory is a few ``T * batch * E * N``
+  blocks, whatever ``L`` is.
+* ``cuda`` - mamba-ssm's fused kernel, used automatically for CUDA tensors when it imports.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "torch", "reference", "cuda")
+# Target number of state elements (chunk_len * batch * E * N) materialised at once by the torch scan.
+CHUNK_ELEMENTS = 1 << 21
+_LOG2E = 1.4426950408889634
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_kernels():
+    """Return ``(selective_scan_fn, causal_conv1d_fn)`` from mamba-ssm / causal-conv1d, or ``None`` each.
+
+    ``import mamba_ssm`` raises on machines without its compiled CUDA extension (and some builds raise
+    OSError or RuntimeError rather than ImportError), so every failure means "not available".
+    """
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # noqa: BLE001 - any failure to load the extension means the kernel is absent
+        selective_scan_fn = None
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except Exception:  # noqa: BLE001
+        causal_conv1d_fn = None
+    return selective_scan_fn, causal_conv1d_fn
+
+
+def _resolve(backend: str | None, tensor: torch.Tensor, kernel) -> str:
+    backend = backend or os.environ.get("AUM_SCAN_BACKEND", "auto")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown scan backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        return "cuda" if tensor.is_cuda and kernel is not None else "torch"
+    if backend == "cuda":
+        if kernel is None:
+            raise RuntimeError(
+                "scan backend 'cuda' requested but mamba-ssm / causal-conv1d did not import; "
+                "install the `cuda` extra on a CUDA machine (see README) or use backend='torch'"
+            )
+        if not tensor.is_cuda:
+            raise RuntimeError("scan backend 'cuda' needs CUDA tensors; got " + str(tensor.device))
+    return backend
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend=None):
+    """Run the selective scan; returns ``[batch, E, L]`` in ``u``'s dtype.
+
+    ``backend`` is one of ``auto`` (CUDA kernel for CUDA tensors when mamba-ssm imports, else ``torch``),
+    ``torch``, ``reference`` or ``cuda``; ``None`` reads the ``AUM_SCAN_BACKEND`` environment variable.
+    """
+    kernel = cuda_kernels()[0]
+    backend = _resolve(backend, u, kernel)
+    if backend == "cuda":
+        return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if backend == "reference":
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    out_dtype = u.dtype
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta, B, C = (t.to(compute) for t in (u, delta, B, C))
+    A = A.to(compute)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    save_states = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
+    y = _ChunkedScan.apply(u, delta, A, B, C, save_states)
+    if D is not None:
+        y = y + D.to(compute)[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    return y.to(out_dtype)
+
+
+def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Slow, obvious selective scan: one Python step per time step, autograd for gradients (tests only)."""
+    dtype = u.dtype
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    u, delta, A, B, C = (t.to(compute) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, channels, length = u.shape
+    h = u.new_zeros(batch, channels, A.shape[1])
+    ys = []
+    for t in range(length):
+        decay = torch.exp(delta[:, :, t, None] * A)                           # [b, E, N]
+        drive = delta[:, :, t, None] * B[:, None, :, t] * u[:, :, t, None]      # [b, E, N]
+        h = decay * h + drive
+        ys.append((h * C[:, None, :, t]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + D.to(compute)[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    return y.to(dtype)
+
+
+def _chunk_len(batch: int, channels: int, state: int, length: int) -> int:
+    per_step = max(1, batch * channels * state)
+    return max(1, min(length, CHUNK_ELEMENTS // per_step))
+
+
+def _chunk_terms(u, delta, A_log2_t, B, start, stop, decay, drive):
+    """Fill one chunk's time-major ``decay = exp(delta*A)`` and ``drive = delta*B*u`` buffers, both
+    ``[t, b, N, E]`` (channels innermost, so the read-out over N is a small matmul). Returns the chunk's
+    ``delta`` and ``delta*u`` as ``[t, b, 1, E]``.
+
+    ``A_log2_t`` is ``(A * log2 e).T``: PyTorch's vectorised exp2 is about 3x faster than exp on CPU and
+    agrees with it to float rounding.
+    """
+    d = delta[:, :, start:stop].permute(2, 0, 1).unsqueeze(2)
+    torch.exp2(torch.mul(d, A_log2_t, out=decay), out=decay)
+    du = d * u[:, :, start:stop].permute(2, 0, 1).unsqueeze(2)
+    torch.mul(du, B[:, :, start:stop].permute(2, 0, 1).unsqueeze(-1), out=drive)
+    return d, du
+
+
+def _run_recurrence(decay, drive, h0):
+    """In place: ``drive[k] <- decay[k] * drive[k-1] + drive[k]`` (``drive[-1]`` = ``h0``); returns states."""
+    drive[0].addcmul_(decay[0], h0)
+    for k in range(1, drive.shape[0]):
+        drive[k].addcmul_(decay[k], drive[k - 1])
+    return drive
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """``y_t = C_t . h_t`` for the recurrence above, with recompute-in-backward (see module docstring).
+
+    Internally states are ``[b, N, E]`` per step and chunks are ``[t, b, N, E]``.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, save_states):
+        batch, channels, length = u.shape
+        n = A.shape[1]
+        T = _chunk_len(batch, channels, n, length)
+        a2 = (A * _LOG2E).t().contiguous()
+        y = u.new_empty(batch, channels, length)
+        h = u.new_zeros(batch, n, channels)
+        decay_buf, drive_buf = u.new_empty(2, T, batch, n, channels)       # reused by every chunk
+        starts = []
+        for s in range(0, length, T):
+            e = min(s + T, length)
+            if save_states:
+                starts.append(h.clone())
+            decay, states = decay_buf[: e - s], drive_buf[: e - s]
+            _chunk_terms(u, delta, a2, B, s, e, decay, states)
+            _run_recurrence(decay, states, h)
+            c = C[:, :, s:e].permute(2, 0, 1).unsqueeze(2)                       # [t, b, 1, N]
+            y[:, :, s:e] = torch.matmul(c, states).squeeze(2).permute(1, 2, 0)
+            h.copy_(states[-1])
+        if save_states:
+            ctx.save_for_backward(u, delta, A, B, C, torch.stack(starts))
+            ctx.T = T
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        u, delta, A, B, C, starts = ctx.saved_tensors
+        T, length = ctx.T, u.shape[-1]
+        a2, a_t = (A * _LOG2E).t().contiguous(), A.t()
+        gu, gdelta = torch.zeros_like(u), torch.zeros_like(delta)
+        gB, gC = torch.zeros_like(B), torch.zeros_like(C)
+        gA_t = torch.zeros_like(a_t)
+        carry = torch.zeros_like(starts[0])      # decay[k+1] * grad_h[k+1] flowing in from the next chunk
+        for idx in reversed(range(len(starts))):
+            s = idx * T
+            e = min(s + T, length)
+            h0 = starts[idx]
+            decay, states = u.new_empty(2, e - s, *h0.shape)
+            d, du = _chunk_terms(u, delta, a2, B, s, e, decay, states)
+            _run_recurrence(decay, states, h0)
+            prev = torch.cat([h0.unsqueeze(0), states[:-1]])
+            g = gy[:, :, s:e].permute(2, 0, 1).unsqueeze(-1)                      # [t, b, E, 1]
+            gC[:, :, s:e] = torch.matmul(states, g).squeeze(-1).permute(1, 2, 0)
+            # adjoint recurrence, backwards in time: gh[k] = C[k] gy[k] + decay[k+1] gh[k+1]
+            gh = C[:, :, s:e].permute(2, 0, 1).unsqueeze(-1) * g.transpose(-1, -2)  # [t, b, N, E]
+            gh[-1].add_(carry)
+            for k in range(gh.shape[0] - 2, -1, -1):
+                gh[k].addcmul_(decay[k + 1], gh[k + 1])
+            carry = decay[0] * gh[0]
+            # through the decay exp(delta * A): d/d(delta * A) = gh * h[k-1] * decay
+            g_exp = prev.mul_(gh).mul_(decay)
+            gA_t += (g_exp * d).sum((0, 1))
+            g_delta = (g_exp * a_t).sum(2)                                         # [t, b, E]
+            # through the drive delta * B * u
+            gh_b = torch.matmul(B[:, :, s:e].permute(2, 0, 1).unsqueeze(2), gh).squeeze(2)  # sum_n gh * B
+            d, du = d.squeeze(2), du.squeeze(2)
+            ut = u[:, :, s:e].permute(2, 0, 1)
+            gdelta[:, :, s:e] = (g_delta + gh_b * ut).permute(1, 2, 0)
+            gu[:, :, s:e] = (gh_b * d).permute(1, 2, 0)
+            gB[:, :, s:e] = torch.matmul(gh, du.unsqueeze(-1)).squeeze(-1).permute(1, 2, 0)
+        return gu, gdelta, gA_t.t(), gB, gC, None
+
+
+def causal_conv1d(x, weight, bias=None, activation: str | None = "silu", backend=None):
+    """Depthwise causal conv over time (left pad ``K-1``), then SiLU: ``x [b, E, L]``, ``weight [E, 1, K]``."""
+    kernel = cuda_kernels()[1]
+    backend = _resolve(backend, x, kernel)
+    if backend == "cuda":
+        return kernel(x, weight.squeeze(1), bias, activation)
+    k = weight.shape[-1]
+    out = F.conv1d(x, weight, bias, padding=k - 1, groups=weight.shape[0])[..., : x.shape[-1]]
+    if activation in ("silu", "swish"):
+        out = F.silu(out)
+    elif activation is not None:
+        raise ValueError(f"unsupported activation {activation!r}")
+    return out
+
+
+def chunk_memory_bytes(batch: int, channels: int, state: int, length: int, dtype=torch.float32) -> int:
+    """Bytes of one ``[T, batch, E, N]`` block the torch scan holds per chunk (for planning / benchmarks)."""
+    T = _chunk_len(batch, channels, state, length)
+    return T * batch * channels * state * torch.empty(0, dtype=dtype).element_size()
+
+
+__all__ = ["selective_scan", "selective_scan_reference", "causal_conv1d", "cuda_kernels", "BACKENDS",
+           "chunk_memory_bytes"]
