@@ -26,6 +26,11 @@ from aum.ops import causal_conv1d, selective_scan
 DIRECTIONS = ("none", "v1", "v2")
 
 
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """SSM parameters are used in at least float32 (as mamba-ssm does), float64 kept as it is."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _s4d_real_log(channels: int, state: int) -> torch.Tensor:
     """``log(1..N)`` for every channel: the S4D-real initialisation of ``A = -exp(A_log)``."""
     return torch.log(torch.arange(1, state + 1, dtype=torch.float32)).repeat(channels, 1).contiguous()
@@ -84,13 +89,13 @@ class MambaMixer(nn.Module):
         return delta, B.transpose(1, 2), C.transpose(1, 2)
 
     def _scan(self, xc, delta, A, B, C, D, z, dt_bias):
-        return selective_scan(xc, delta, A, B, C, D.float(), z, delta_bias=dt_bias.float(),
+        return selective_scan(xc, delta, A, B, C, _fp32(D), z, delta_bias=_fp32(dt_bias),
                               delta_softplus=True, backend=self.scan_backend)
 
     def _branch(self, x, z, conv, x_proj, dt_proj, A_log, D):
         xc = causal_conv1d(x, conv.weight, conv.bias, "silu", backend=self.scan_backend)
         delta, B, C = self._ssm_inputs(xc, x_proj, dt_proj)
-        return self._scan(xc, delta, -torch.exp(A_log.float()), B, C, D, z, dt_proj.bias)
+        return self._scan(xc, delta, -torch.exp(_fp32(A_log)), B, C, D, z, dt_proj.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Mix ``hidden [batch, L, d_model]`` along L in the configured direction(s)."""
@@ -100,8 +105,8 @@ class MambaMixer(nn.Module):
         elif self.direction == "v1":
             xc = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, "silu", backend=self.scan_backend)
             delta, B, C = self._ssm_inputs(xc, self.x_proj, self.dt_proj)
-            fwd = self._scan(xc, delta, -torch.exp(self.A_log.float()), B, C, self.D, z, self.dt_proj.bias)
-            bwd = self._scan(xc.flip(-1), delta.flip(-1), -torch.exp(self.A_b_log.float()), B.flip(-1),
+            fwd = self._scan(xc, delta, -torch.exp(_fp32(self.A_log)), B, C, self.D, z, self.dt_proj.bias)
+            bwd = self._scan(xc.flip(-1), delta.flip(-1), -torch.exp(_fp32(self.A_b_log)), B.flip(-1),
                              C.flip(-1), self.D, z.flip(-1), self.dt_proj.bias)
             y = fwd + bwd.flip(-1)
         else:

@@ -1,0 +1,166 @@
+"""The PyTorch selective scan against the plain loop: outputs and gradients, float32 and float64."""
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import aum.ops.scan as scan_mod
+from aum.ops import causal_conv1d, selective_scan, selective_scan_reference
+
+
+def _inputs(batch, channels, state, length, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    return {
+        "u": rnd(batch, channels, length),
+        "delta": rnd(batch, channels, length, scale=0.7),
+        "A": -(torch.rand(channels, state, generator=g, dtype=torch.float64) * 3 + 0.05).to(dtype),
+        "B": rnd(batch, state, length),
+        "C": rnd(batch, state, length),
+        "D": rnd(channels),
+        "z": rnd(batch, channels, length),
+        "delta_bias": rnd(channels, scale=0.5),
+    }
+
+
+def _close(actual, expected, rel, magnitude=None):
+    """``|actual - expected| <= rel * scale`` with scale the largest magnitude of the quantity's summands
+    (``magnitude``: the same computation on absolute values), or of ``expected`` itself. Sums that cancel
+    (e.g. the gradient of C, a sum over channels) are judged against the size of what was summed, as
+    floating-point error bounds are."""
+    scale = float((expected if magnitude is None else magnitude).detach().abs().max().clamp_min(1e-30))
+    torch.testing.assert_close(actual, expected, rtol=rel, atol=rel * scale)
+
+
+def _abs_reference(x, names, grad_out, softplus):
+    """The float64 reference on absolute values of the signed inputs: a bound on every summand's size."""
+    leaves = {k: (x[k].double() if k in ("A", "delta", "delta_bias") else x[k].double().abs()).requires_grad_()
+              for k in names}
+    out = selective_scan_reference(**leaves, delta_softplus=softplus)
+    return out, torch.autograd.grad(out, list(leaves.values()), grad_out.abs())
+
+
+# (batch, channels, state, length, chunk elements): length 1, odd lengths, lengths across chunk edges.
+CASES = [
+    (1, 3, 4, 1, 1 << 21),
+    (2, 5, 3, 7, 1 << 21),
+    (2, 4, 4, 33, 2 * 4 * 4 * 8),      # chunks of 8: 33 = 4 full chunks + 1
+    (3, 2, 5, 64, 3 * 2 * 5 * 16),     # exactly 4 chunks
+    (1, 6, 16, 129, 6 * 16 * 1),       # chunk length 1: every step its own chunk
+    (2, 3, 2, 50, 2 * 3 * 2 * 7),      # chunks of 7
+]
+OPTIONALS = [("D", "z", "delta_bias"), (), ("z",), ("D",), ("delta_bias",)]
+
+
+@pytest.mark.parametrize("dtype,rel", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("optional", OPTIONALS)
+def test_torch_scan_matches_reference(monkeypatch, dtype, rel, case, optional):
+    batch, channels, state, length, chunk = case
+    monkeypatch.setattr(scan_mod, "CHUNK_ELEMENTS", chunk)
+    x = _inputs(batch, channels, state, length, dtype, seed=length * 7 + len(optional))
+    names = ["u", "delta", "A", "B", "C", *optional]
+    leaves = {k: x[k].clone().requires_grad_() for k in names}
+    # the reference runs in float64 on the same values: the ground truth for both precisions
+    ref_leaves = {k: x[k].double().requires_grad_() for k in names}
+    softplus = "delta_bias" in optional or length % 2 == 1
+    out = selective_scan(**leaves, delta_softplus=softplus, backend="torch")
+    ref = selective_scan_reference(**ref_leaves, delta_softplus=softplus)
+    assert out.dtype == dtype and out.shape == (batch, channels, length)
+    _close(out.double(), ref, rel)
+    grad_out = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad(out, list(leaves.values()), grad_out.to(dtype))
+    ref_grads = torch.autograd.grad(ref, list(ref_leaves.values()), grad_out)
+    _, magnitudes = _abs_reference(x, names, grad_out, softplus)
+    for name, g, r, m in zip(names, grads, ref_grads, magnitudes):
+        assert g.shape == r.shape and g.dtype == dtype, name
+        _close(g.double(), r, rel, m)
+
+
+def test_reference_matches_hand_computed_two_steps():
+    # one channel, one state: h1 = d1*b1*u1, h2 = exp(d2*a)*h1 + d2*b2*u2, y = c*h + D*u
+    u = torch.tensor([[[2.0, -1.0]]], dtype=torch.float64)
+    delta = torch.tensor([[[0.5, 0.25]]], dtype=torch.float64)
+    A = torch.tensor([[-2.0]], dtype=torch.float64)
+    B = torch.tensor([[[3.0, 4.0]]], dtype=torch.float64)
+    C = torch.tensor([[[0.5, -1.0]]], dtype=torch.float64)
+    D = torch.tensor([0.1], dtype=torch.float64)
+    h1 = 0.5 * 3.0 * 2.0
+    h2 = math.exp(0.25 * -2.0) * h1 + 0.25 * 4.0 * -1.0
+    expected = torch.tensor([0.5 * h1 + 0.1 * 2.0, -1.0 * h2 + 0.1 * -1.0], dtype=torch.float64).reshape(1, 1, 2)
+    for fn in (selective_scan_reference, lambda *a, **k: selective_scan(*a, backend="torch", **k)):
+        torch.testing.assert_close(fn(u, delta, A, B, C, D), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_no_grad_path_saves_nothing_and_grad_path_saves_chunk_states(monkeypatch):
+    monkeypatch.setattr(scan_mod, "CHUNK_ELEMENTS", 2 * 4 * 3 * 5)   # chunks of 5 steps
+    x = _inputs(2, 4, 3, 23, torch.float32, seed=3)
+    u = x["u"].requires_grad_()
+    out = selective_scan(u, x["delta"], x["A"], x["B"], x["C"], backend="torch")
+    saved = out.grad_fn.next_functions[0][0].saved_tensors if out.grad_fn.name() != "_ChunkedScanBackward" \
+        else out.grad_fn.saved_tensors
+    starts = saved[-1]
+    assert starts.shape == (5, 2, 3, 4)            # ceil(23 / 5) chunk-start states of [b, N, E]
+    with torch.no_grad():
+        out = selective_scan(u, x["delta"], x["A"], x["B"], x["C"], backend="torch")
+    assert out.grad_fn is None
+
+
+def test_no_grad_memory_does_not_grow_with_state_times_length():
+    """Under no_grad, the scan of a sequence whose full hidden states would take 512 MB stays far below."""
+    code = textwrap.dedent("""
+        import resource, torch
+        from aum.ops import selective_scan
+        torch.manual_seed(0)
+        b, e, n, L = 1, 512, 16, 16384          # all hidden states: b*e*n*L*4 bytes = 512 MiB
+        u = torch.randn(b, e, L); d = torch.rand(b, e, L) * 0.1; A = -torch.rand(e, n)
+        B = torch.randn(b, n, L); C = torch.randn(b, n, L)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with torch.no_grad():
+            y = selective_scan(u, d, A, B, C, backend="torch")
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert torch.isfinite(y).all()
+        print((after - before) / 1024)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    growth_mib = float(res.stdout.strip().splitlines()[-1])
+    assert growth_mib < 160, f"peak memory grew by {growth_mib:.0f} MiB; all states would be 512 MiB"
+
+
+def test_unknown_and_unavailable_backends_are_clear_errors():
+    x = _inputs(1, 2, 2, 3, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="unknown scan backend"):
+        selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], backend="triton")
+    if scan_mod.cuda_kernels()[0] is None:
+        with pytest.raises(RuntimeError, match="mamba-ssm"):
+            selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], backend="cuda")
+
+
+def test_auto_backend_uses_torch_on_cpu():
+    x = _inputs(2, 3, 4, 9, torch.float64, seed=5)
+    auto = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"])
+    ref = selective_scan_reference(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"])
+    _close(auto, ref, 1e-10)
+
+
+def test_causal_conv1d_matches_a_loop():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 9, generator=g, dtype=torch.float64)
+    w = torch.randn(3, 1, 4, generator=g, dtype=torch.float64)
+    bias = torch.randn(3, generator=g, dtype=torch.float64)
+    out = causal_conv1d(x, w, bias, activation=None)
+    expected = torch.zeros_like(x)
+    for t in range(9):
+        for k in range(4):                      # tap k looks back 3 - k steps; before t = 0 is zero
+            src = t - (3 - k)
+            if src >= 0:
+                expected[:, :, t] += w[:, 0, k] * x[:, :, src]
+    expected += bias[:, None]
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(causal_conv1d(x, w, bias), torch.nn.functional.silu(expected))
