@@ -1,0 +1,29 @@
+# One-command set-up: `make demo` runs the main job, `make test` runs the test suite.
+# Both create .venv on first use (Python 3.10+), install torch and the project, then run.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.11.0 torchaudio==2.11.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m aum
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/encoder_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

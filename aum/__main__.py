@@ -1,0 +1,4 @@
+"""``python -m aum``: the demo (see :mod:`aum.demo`)."""
+from aum.demo import main
+
+main()
