@@ -8,6 +8,7 @@ ever with ``torch.load(weights_only=True)``. Conversions live in :mod:`aum.conve
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -69,6 +70,14 @@ class RawCheckpoint(NamedTuple):
     path: str
 
 
+def _fsync(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(model: AuM, path: str | os.PathLike, metadata: dict | None = None) -> Path:
     """Write ``model`` to ``path`` as one safetensors file carrying its config (and JSON ``metadata``).
 
@@ -76,6 +85,10 @@ def save_checkpoint(model: AuM, path: str | os.PathLike, metadata: dict | None =
     on any error the temporary file is removed and an existing ``path`` is left untouched.
     """
     path = Path(path)
+    with torch.device("meta"):  # the stored config must rebuild exactly these tensors, or the file is useless
+        expected = {k: v.shape for k, v in AuM(AuMConfig.from_dict(model.config.to_dict())).state_dict().items()}
+    if expected != {k: v.shape for k, v in model.state_dict().items()}:
+        raise CheckpointMismatchError(f"not saving {path}: model.config no longer describes the model's tensors")
     meta = {"format": "pt", "aum_format": str(FORMAT_VERSION), "aum_config": json.dumps(model.config.to_dict())}
     if metadata:
         meta["aum_metadata"] = json.dumps(metadata)
@@ -83,30 +96,20 @@ def save_checkpoint(model: AuM, path: str | os.PathLike, metadata: dict | None =
     for k, v in model.state_dict().items():
         v = v.detach().cpu()
         ptr = v.untyped_storage().data_ptr() if v.numel() else None
-        tensors[k] = v.clone() if ptr in seen or not v.is_contiguous() else v  # tied / shared / strided
+        tensors[k] = v.clone(memory_format=torch.contiguous_format) if ptr in seen else v.contiguous()
         seen.add(ptr)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         st.save_file(tensors, tmp, metadata=meta)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    try:  # make the rename durable (best effort: not every platform can fsync a folder)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # make the rename durable (not every platform can fsync a folder)
+        _fsync(path.parent)
     return path
 
 
@@ -161,10 +164,6 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> dict:
     return cfg
 
 
-def _match(key: str, patterns) -> bool:
-    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
-
-
 def load_state_dict_checked(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], allow_missing=(),
                             allow_unexpected=(), strict: bool = True) -> LoadReport:
     """Load ``state_dict`` into ``model`` and report missing / unexpected keys by name.
@@ -180,8 +179,8 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: dict[str, torch.
            for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
     if bad:
         raise CheckpointMismatchError("shape mismatch:\n  " + "\n  ".join(bad))
-    bad_missing = [k for k in missing if not _match(k, allow_missing)]
-    bad_unexpected = [k for k in unexpected if not _match(k, allow_unexpected)]
+    bad_missing = [k for k in missing if not any(fnmatch.fnmatchcase(k, p) for p in allow_missing)]
+    bad_unexpected = [k for k in unexpected if not any(fnmatch.fnmatchcase(k, p) for p in allow_unexpected)]
     if strict and (bad_missing or bad_unexpected):
         raise CheckpointMismatchError(
             "state_dict does not match the model" + (f"\n  missing keys: {bad_missing}" if bad_missing else "")
@@ -189,20 +188,20 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: dict[str, torch.
             + "\n(pass strict=False, or allow these keys, to load the rest)")
     loaded = [k for k in state_dict if k in own]
     model.load_state_dict({k: state_dict[k] for k in loaded}, strict=False)
-    if missing:
-        log.warning("keys left at their initialisation (missing from the checkpoint): %s", missing)
-    if unexpected:
-        log.warning("checkpoint keys ignored (unexpected): %s", unexpected)
+    for what, keys, bad in (("missing (left at their initialisation)", missing, bad_missing),
+                            ("unexpected (ignored)", unexpected, bad_unexpected)):
+        if keys:
+            log.log(logging.WARNING if bad else logging.INFO, "checkpoint keys %s: %s", what, keys)
     return LoadReport(loaded=loaded, missing=missing, unexpected=unexpected)
 
 
 def _sniff(path: Path) -> str:
     with open(path, "rb") as fh:
         head = fh.read(9)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        return "pickle"
-    if len(head) == 9 and head[8:9] == b"{":
+    if head[8:9] == b"{":                       # u64 header length, then the JSON header
         return "safetensors"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":   # torch zip archive / legacy pickle
+        return "pickle"
     raise CheckpointError(f"{path}: not a checkpoint we can read (neither safetensors nor a torch pickle)")
 
 
@@ -231,20 +230,6 @@ def _read_tensors(path: Path, map_location) -> tuple[dict, dict]:
         raise CheckpointError(f"{path}: {e}") from e
 
 
-def _hf_config(cfg: dict) -> dict:
-    """AuMConfig fields from a Hugging Face ``config.json`` (official names, or ours)."""
-    if "aum_config" in cfg:
-        return dict(cfg["aum_config"])
-    ours = {k: cfg[k] for k in AuMConfig.__dataclass_fields__ if k in cfg}
-    names = {"bimamba_type": "mixer", "strides": "patch_stride", "patch_size": "patch_size"}
-    ours.update({new: cfg[old] for old, new in names.items() if cfg.get(old) is not None})
-    if cfg.get("spectrogram_size"):
-        ours["num_mel_bins"], ours["target_frames"] = cfg["spectrogram_size"]
-    if cfg.get("if_cls_token") is False:
-        ours["cls_position"] = "none"
-    return ours
-
-
 def read_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str = "auto") -> RawCheckpoint:
     """Read any supported checkpoint into a :class:`RawCheckpoint` without building a model.
 
@@ -252,6 +237,7 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str = "au
     ``model.safetensors`` with a ``config.json`` beside it; a Vision Mamba ImageNet file (``pos_embed``
     key / 3-channel patch conv); otherwise an official plain state_dict.
     """
+    from aum.convert import hf_config_to_aum
     path = Path(path)
     if kind not in ("auto",) + KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}; choose 'auto' or one of {KINDS}")
@@ -259,10 +245,9 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str = "au
         raise FileNotFoundError(f"no checkpoint at {path}")
     folder = path if path.is_dir() else path.parent
     if path.is_dir():
-        found = [folder / n for n in _HF_WEIGHTS if (folder / n).is_file()]
-        if not found:
-            raise CheckpointError(f"{path}: folder holds none of {_HF_WEIGHTS}")
-        path = found[0]
+        path = next((folder / n for n in _HF_WEIGHTS if (folder / n).is_file()), None)
+        if path is None:
+            raise CheckpointError(f"{folder}: folder holds none of {_HF_WEIGHTS}")
     sd, meta = _read_tensors(path, map_location)
     if "aum_config" in meta and kind in ("auto", "aum"):
         version = int(meta.get("aum_format", 1))
@@ -275,10 +260,10 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str = "au
     is_vim = "pos_embed" in sd or sd.get("patch_embed.proj.weight", torch.empty(0, 1)).shape[1] == 3
     if kind == "vim" or (kind == "auto" and is_vim):
         return RawCheckpoint("vim", sd, None, {}, str(path))
-    hints = {}
-    if (folder / "config.json").is_file() and kind in ("auto", "hf"):
+    hints, hf_file = {}, path.name in _HF_WEIGHTS or kind == "hf"
+    if hf_file and (folder / "config.json").is_file() and kind in ("auto", "hf"):
         try:
-            hints = _hf_config(json.loads((folder / "config.json").read_text()))
+            hints = hf_config_to_aum(json.loads((folder / "config.json").read_text()))
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"{folder / 'config.json'}: unreadable config ({e})") from e
         kind = "hf"

@@ -133,9 +133,9 @@ class AuM(nn.Module):
 
     def __init__(self, config: AuMConfig | None = None, **overrides):
         super().__init__()
-        config = config or AuMConfig()
+        config = dataclasses.replace(config or AuMConfig())        # our own copy: reset_classifier edits it
         if overrides:
-            config = AuMConfig.from_dict({**config.to_dict(), **overrides})
+            config = AuMConfig.from_dict({**config.to_dict(), "scan_backend": config.scan_backend, **overrides})
         self.config = c = config
         self.embed_dim = self.num_features = c.embed_dim
         self.patch_embed = PatchEmbed(c.embed_dim, c.patch_size, c.patch_stride)

@@ -225,8 +225,16 @@ def causal_conv1d(x, weight, bias=None, activation: str | None = "silu", backend
     backend = _resolve(backend, x, kernel)
     if backend == "cuda":
         return kernel(x, weight.squeeze(1), bias, activation)
-    k = weight.shape[-1]
-    out = F.conv1d(x, weight, bias, padding=k - 1, groups=weight.shape[0])[..., : x.shape[-1]]
+    # a sum of K shifted copies: same result as F.conv1d(padding=K-1)[..., :L], and its backward is a
+    # few elementwise ops instead of CPU's slow depthwise-convolution backward
+    k, length = weight.shape[-1], x.shape[-1]
+    padded = F.pad(x, (k - 1, 0))
+    taps = weight.squeeze(1)
+    out = padded[..., k - 1:] * taps[:, k - 1, None]
+    for j in range(k - 1):
+        out = out + padded[..., j:j + length] * taps[:, j, None]
+    if bias is not None:
+        out = out + bias[:, None]
     if activation in ("silu", "swish"):
         out = F.silu(out)
     elif activation is not None:

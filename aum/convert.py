@@ -1,0 +1,172 @@
+"""Foreign weights -> our AuM (in the spirit of timm's ``checkpoint_filter_fn``).
+
+* :func:`vim_to_aum`: Vision Mamba ImageNet state_dict -> AuM layout (reference section 4).
+* :func:`adapt_to_model`: fit an AuM-layout state_dict to a model of another patch grid / class count.
+* :func:`init_from_pretrained`: initialise an existing model (e.g. a 35-class fine-tuning model) from any
+  supported checkpoint, refusing silently-partial loads: only the head may be left out.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import torch
+
+from aum.checkpoint import (CheckpointMismatchError, LoadReport, RawCheckpoint, load_state_dict_checked,
+                            read_checkpoint)
+from aum.models.aum import AuM, AuMConfig, resize_pos_grid
+
+POS_KEY = "pos_embed.pos_embed"
+HEAD_KEYS = ("head.weight", "head.bias")
+_WRAPPER_PREFIXES = ("module.", "model.", "backbone.", "encoder.", "aum.")
+
+
+def strip_prefix(sd: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
+    """Remove a leading ``prefix`` (DataParallel's ``module.`` by default) from every key that has it."""
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
+
+
+def unwrap(obj) -> dict[str, torch.Tensor]:
+    """The state_dict inside a training checkpoint: follows ``'model'``/``'state_dict'``/``'module'`` keys
+    until a dict of tensors remains. Raises ``ValueError`` when there is none."""
+    for _ in range(4):
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj)
+        key = next((k for k in ("model", "state_dict", "module") if isinstance(obj, dict)
+                    and isinstance(obj.get(k), dict)), None)
+        if key is None:
+            break
+        obj = obj[key]
+    raise ValueError("not a state_dict: expected a dict of tensors, possibly under 'model', 'state_dict' "
+                     "or 'module'")
+
+
+def normalize_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip ``module.`` everywhere, and a wrapper prefix (``model.``, ``backbone.``, ...) shared by ALL keys."""
+    sd = strip_prefix(sd, "module.")
+    for prefix in _WRAPPER_PREFIXES[1:]:
+        if sd and all(k.startswith(prefix) for k in sd):
+            return strip_prefix(sd, prefix)
+    return sd
+
+
+def hf_config_to_aum(cfg: dict) -> dict:
+    """AuMConfig fields from a Hugging Face ``config.json``: the re-upload's official names
+    (``bimamba_type``, ``strides``, ``spectrogram_size``, ...), AuMConfig names, or ``{"aum_config": {...}}``."""
+    if "aum_config" in cfg:
+        return dict(cfg["aum_config"])
+    ours = {f.name: cfg[f.name] for f in dataclasses.fields(AuMConfig) if f.name in cfg}
+    names = {"bimamba_type": "mixer", "strides": "patch_stride", "patch_size": "patch_size"}
+    ours.update({new: cfg[old] for old, new in names.items() if cfg.get(old) is not None})
+    if cfg.get("spectrogram_size"):
+        ours["num_mel_bins"], ours["target_frames"] = cfg["spectrogram_size"]
+    if cfg.get("if_cls_token") is False:
+        ours["cls_position"] = "none"
+    elif cfg.get("use_end_cls_token") or cfg.get("use_middle_cls_token") is False:
+        ours["cls_position"] = "tail" if cfg.get("use_end_cls_token") else "head"
+    return ours
+
+
+def vim_to_aum(vim_sd: dict[str, torch.Tensor], target_grid: tuple[int, int] = (8, 64),
+               n_prefix: int = 1) -> dict[str, torch.Tensor]:
+    """Convert a Vision Mamba (middle class token) state_dict to the AuM layout.
+
+    ``pos_embed`` -> ``pos_embed.pos_embed``; RGB patch weights averaged to one channel; the middle
+    class-token position (index ``N // 2`` of the ``N`` patches, 98 for 14x14) moved to index 0 (dropped when
+    ``n_prefix == 0``); the square patch grid resized bilinearly with antialiasing to ``target_grid``
+    (image height -> frequency, width -> time); ``head.*`` and ``rope.*`` dropped.
+    """
+    if n_prefix not in (0, 1):
+        raise ValueError(f"n_prefix must be 0 or 1, got {n_prefix}")
+    sd = {k: v for k, v in vim_sd.items() if not k.startswith(("head.", "rope."))}
+    pos = sd.pop("pos_embed", None)
+    pos = sd.pop(POS_KEY) if pos is None else pos
+    w = sd["patch_embed.proj.weight"]
+    if w.shape[1] != 1:
+        sd["patch_embed.proj.weight"] = w.mean(1, keepdim=True)
+    has_cls = "cls_token" in sd
+    n = pos.shape[1] - int(has_cls)
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"Vision Mamba pos_embed has {n} patch positions, not a square grid")
+    if has_cls:
+        mid = n // 2
+        cls_pos, patches = pos[:, mid:mid + 1], torch.cat([pos[:, :mid], pos[:, mid + 1:]], dim=1)
+    else:
+        cls_pos, patches = None, pos
+    if n_prefix and cls_pos is None:
+        raise ValueError("the model has a class token but the Vision Mamba weights have none")
+    patches = resize_pos_grid(patches, (side, side), tuple(target_grid))
+    sd[POS_KEY] = (torch.cat([cls_pos, patches], dim=1) if n_prefix else patches).contiguous()
+    return sd
+
+
+def adapt_to_model(sd: dict[str, torch.Tensor], model: AuM,
+                   source_grid: tuple[int, int] | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Fit an AuM-layout ``sd`` to ``model``: ``(adapted state_dict, notes)``.
+
+    A position embedding of another patch grid is resized to the model's grid (``source_grid`` defaults to
+    the model's number of frequency rows, e.g. 512 patches -> 8x64 into an 8x8 Speech-Commands model); the head
+    is dropped when the model has none or another class count. Other differences are left for the checked
+    load to report.
+    """
+    sd, notes = dict(sd), []
+    grid, n_prefix = model.pos_embed.grid, model.pos_embed.n_prefix
+    want = model.pos_embed.pos_embed.shape[1]
+    if POS_KEY in sd and sd[POS_KEY].shape[1] != want:
+        if int("cls_token" in sd) != n_prefix:
+            raise CheckpointMismatchError(f"{POS_KEY}: the checkpoint {'has' if n_prefix == 0 else 'lacks'} a "
+                                          f"class token that the model {'lacks' if n_prefix == 0 else 'has'}")
+        pos = sd[POS_KEY]
+        n = pos.shape[1] - n_prefix
+        if source_grid is None and n % grid[0] == 0:
+            source_grid = (grid[0], n // grid[0])
+        if source_grid is None or source_grid[0] * source_grid[1] != n:
+            raise CheckpointMismatchError(f"{POS_KEY}: cannot place {n} patch positions on a grid "
+                                          f"{source_grid or ''} to resize them to {grid}")
+        sd[POS_KEY] = torch.cat([pos[:, :n_prefix], resize_pos_grid(pos[:, n_prefix:], source_grid, grid)], 1)
+        notes.append(f"position embedding resized from grid {tuple(source_grid)} to {tuple(grid)}")
+    classes = model.config.num_classes
+    if "head.weight" in sd and (classes == 0 or sd["head.weight"].shape[0] != classes):
+        notes.append(f"head of {sd['head.weight'].shape[0]} classes dropped: the model has "
+                     + (f"{classes} classes" if classes else "no head"))
+        for k in HEAD_KEYS:
+            sd.pop(k, None)
+    return sd, notes
+
+
+def load_raw_into(model: AuM, raw: RawCheckpoint) -> LoadReport:
+    """Convert and adapt a :class:`~aum.checkpoint.RawCheckpoint` for ``model`` and load it, checked: only the
+    head may be missing (it then keeps its fresh initialisation); anything else raises."""
+    sd, notes, source_grid = raw.state_dict, [], None
+    if raw.kind == "vim":
+        sd = vim_to_aum(sd, model.pos_embed.grid, model.pos_embed.n_prefix)
+        source_grid = model.pos_embed.grid
+        notes.append(f"Vision Mamba weights: RGB patch conv averaged, class-token position moved to slot 0, "
+                     f"14x14 position grid resized to {model.pos_embed.grid}, ImageNet head dropped")
+    elif raw.config:
+        try:
+            cfg = AuMConfig.from_dict(raw.config)
+            source_grid = cfg.grid(cfg.target_frames)
+        except (KeyError, ValueError, TypeError):
+            source_grid = None
+    sd, more = adapt_to_model(sd, model, source_grid)
+    has_head = isinstance(model.head, torch.nn.Linear)
+    report = load_state_dict_checked(model, sd, allow_missing=HEAD_KEYS if has_head else ())
+    if has_head and "head.weight" in report.missing:
+        more.append("head keeps its fresh initialisation (not in the checkpoint, or dropped above)")
+    report.notes, report.source, report.kind = notes + more, raw.path, raw.kind
+    return report
+
+
+def init_from_pretrained(model: AuM, path: str | os.PathLike, kind: str = "auto",
+                         map_location="cpu") -> LoadReport:
+    """Initialise ``model`` in place from a checkpoint of any ``kind`` (``"auto"``, ``"aum"``, ``"official"``,
+    ``"vim"``, ``"hf"``) and return the :class:`~aum.checkpoint.LoadReport`.
+
+    The weights are converted (Vision Mamba) and adapted (position grid, head) to the model; the load is then
+    strict except for the head, so a mixer, depth or width mismatch raises
+    :class:`~aum.checkpoint.CheckpointMismatchError` naming the keys instead of loading partially.
+    """
+    return load_raw_into(model, read_checkpoint(path, map_location=map_location, kind=kind))
