@@ -179,25 +179,38 @@ class AuM(nn.Module):
         """Where the class token sits in a sequence of ``n_patches`` patch tokens."""
         return {"head": 0, "middle": n_patches // 2, "tail": n_patches}[self.config.cls_position]
 
-    def embed(self, fbank: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], int | None]:
-        """Patch-embed, add positions and insert the class token: ``(sequence, grid, cls index)``."""
+    def embed(self, fbank: torch.Tensor, mask: torch.Tensor | None = None,
+              mask_token: torch.Tensor | None = None, keep: torch.Tensor | None = None):
+        """Patch-embed, add positions and insert the class token: ``(sequence, grid, cls index)``.
+
+        For masked pretraining: ``mask`` (bool ``[B, N]``) replaces those patch embeddings in place by
+        ``mask_token`` (``[1, 1, D]``) before positions are added (SSAST); ``keep`` (long ``[B, K]``,
+        ascending) keeps only those patches, each with its own position (MAE). The class token goes to its
+        configured place in the resulting sequence.
+        """
         if fbank.dim() != 3 or fbank.shape[-1] != self.config.num_mel_bins:
             raise ValueError(f"AuM expects a fbank of shape [batch, frames, {self.config.num_mel_bins}], "
                              f"got {tuple(fbank.shape)}")
         grid = self.config.grid(fbank.shape[1], fbank.shape[2])
         x = self.patch_embed(fbank.unsqueeze(1).transpose(2, 3))
+        if mask is not None:
+            x = torch.where(mask.unsqueeze(-1), mask_token.to(x.dtype), x)
         cls_pos, patch_pos = self.pos_embed(grid)
         x = x + patch_pos.to(x.dtype)
+        if keep is not None:
+            x = torch.gather(x, 1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         if not self.has_cls:
             return x, grid, None
         idx = self.cls_index(x.shape[1])
         cls = (self.cls_token + cls_pos).to(x.dtype).expand(x.shape[0], -1, -1)
         return torch.cat([x[:, :idx], cls, x[:, idx:]], dim=1), grid, idx
 
-    def forward_features(self, fbank: torch.Tensor, layer: int | None = None) -> AuMOutput:
+    def forward_features(self, fbank: torch.Tensor, layer: int | None = None, mask: torch.Tensor | None = None,
+                         mask_token: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> AuMOutput:
         """Run the encoder. ``layer`` (1..depth) stops early and reads the residual stream after that many
-        blocks through ``norm_f`` (for probing intermediate layers)."""
-        x, grid, idx = self.embed(fbank)
+        blocks through ``norm_f`` (for probing intermediate layers); ``mask``/``mask_token``/``keep`` as in
+        :meth:`embed` (``tokens`` then holds the kept patches only)."""
+        x, grid, idx = self.embed(fbank, mask=mask, mask_token=mask_token, keep=keep)
         n_layers = self.config.depth if layer is None else layer
         if not 1 <= n_layers <= self.config.depth:
             raise ValueError(f"layer must be in 1..{self.config.depth}, got {layer}")

@@ -1,0 +1,118 @@
+"""Run configs: a dataclass schema holds the defaults; a YAML file, then ``key=value`` overrides change them.
+Use: ``path, ov = parse_cli(sys.argv[1:]); cfg = load_config(Schema, path, ov); save_config(cfg, yaml_path)``."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tempfile
+import types
+import typing
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = ["ConfigError", "load_config", "save_config", "to_dataclass", "parse_cli"]
+
+_KEY_RE = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_0-9][\w-]*)*$")
+
+
+class ConfigError(ValueError):
+    """An unknown key, a value of the wrong type, or a malformed override / config file."""
+
+
+def _check_keys(schema, data, prefix: str, source: str) -> None:
+    """Raise ConfigError for a key of ``data`` (nested mapping) that ``schema`` (a dataclass) lacks."""
+    hints = typing.get_type_hints(schema)
+    valid = [f.name for f in dataclasses.fields(schema)]
+    for key, value in data.items():
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else "."
+            raise ConfigError(f"unknown config key '{prefix}{key}' in {source}{hint} "
+                              f"Valid keys{' under ' + prefix[:-1] if prefix else ''}: {', '.join(valid)}")
+        tp = hints[key]  # recurse into a nested dataclass, also Optional[...] / ... | None
+        union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+        sub = [a for a in typing.get_args(tp) if a is not type(None)] if union else [tp]
+        if len(sub) == 1 and dataclasses.is_dataclass(sub[0]) and isinstance(value, dict):
+            _check_keys(sub[0], value, f"{prefix}{key}.", source)
+
+
+def _apply(cfg: DictConfig, schema, data: dict, source: str) -> DictConfig:
+    """Check ``data``'s keys against ``schema``, merge it into ``cfg`` key by key (type errors name the key)."""
+    _check_keys(schema, data, "", source)
+    for key, value in data.items():
+        try:
+            cfg = OmegaConf.merge(cfg, {key: value})
+        except OmegaConfBaseException as e:
+            bad, msg = getattr(e, "full_key", None) or key, str(e).splitlines()[0]
+            raise ConfigError(f"invalid value for config key '{bad}' in {source}: {msg}") from e
+    return cfg
+
+
+def load_config(schema, path: str | os.PathLike | None = None, overrides=()) -> DictConfig:
+    """Config of dataclass ``schema``: its defaults < the YAML file ``path`` < ``overrides`` (``"key=value"``
+    strings, dotted keys for nested fields, values parsed as YAML). Raises :class:`ConfigError` for an unknown
+    key (naming it, suggesting the closest valid key, listing the valid keys at that level), a wrong-typed
+    value, a malformed override or an unset ``MISSING`` field; ``FileNotFoundError`` for a missing file."""
+    cfg = OmegaConf.structured(schema)  # struct mode: the schema's keys, typed
+    if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            data = OmegaConf.to_container(OmegaConf.load(path)) or {}
+        except Exception as e:  # noqa: BLE001 - YAML syntax errors of several types
+            raise ConfigError(f"cannot parse config file {path}: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+        cfg = _apply(cfg, schema, data, f"config file {path}")
+    for item in [overrides] if isinstance(overrides, str) else overrides:
+        if "=" not in str(item) or not _KEY_RE.match(str(item).partition("=")[0].strip()):
+            raise ConfigError(f"malformed override {item!r}: expected key=value, e.g. optim.lr=3e-4")
+        data = OmegaConf.to_container(OmegaConf.from_dotlist([str(item).strip()]))
+        cfg = _apply(cfg, schema, data, f"override {item!r}")
+    if missing := sorted(OmegaConf.missing_keys(cfg)):
+        raise ConfigError(f"config value(s) required but not set: {', '.join(missing)}")
+    return cfg
+
+
+def save_config(cfg, path: str | os.PathLike) -> Path:
+    """Write ``cfg`` (DictConfig, dict or dataclass instance) as resolved YAML to ``path`` atomically
+    (temporary file in the same folder, then ``os.replace``); creates the folder. Returns the path."""
+    (path := Path(path)).parent.mkdir(parents=True, exist_ok=True)
+    text = OmegaConf.to_yaml(cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg), resolve=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text), fh.flush(), os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # no-op after a successful replace
+    return path
+
+
+def to_dataclass(cfg, schema):
+    """``cfg`` as a plain instance of dataclass ``schema`` (nested too), checked as in :func:`load_config`."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    return OmegaConf.to_object(_apply(OmegaConf.structured(schema), schema, data, "config"))
+
+
+def parse_cli(argv) -> tuple[str | None, list[str]]:
+    """Split command-line words into ``(config_path or None, overrides)``: ``--config FILE``, ``--config=FILE``
+    or a leading ``*.yaml``/``*.yml`` word, then ``key=value`` overrides; anything else raises ConfigError."""
+    paths, overrides, it = [], [], iter(enumerate(argv))
+    for i, word in it:
+        if word.partition("=")[0] == "--config":
+            paths.append(word.partition("=")[2] if "=" in word else next(it, (0, ""))[1])
+        elif i == 0 and "=" not in word and word.lower().endswith((".yaml", ".yml")):
+            paths.append(word)
+        elif "=" in word and _KEY_RE.match(word.partition("=")[0].strip()):
+            overrides.append(word)
+        else:
+            raise ConfigError(f"unexpected argument {word!r}: expected [--config] FILE.yaml and key=value overrides")
+    if "" in paths or len(paths) > 1:
+        raise ConfigError(f"give exactly one config file (--config FILE.yaml), got {paths}")
+    return (paths[0] if paths else None), overrides

@@ -1,0 +1,534 @@
+"""The one training loop: self-supervised pretraining and supervised fine-tuning both run :class:`Trainer`.
+
+A task supplies a model, a map-style dataset and ``step_fn(model, batch) -> (loss, metrics)``; the engine owns
+everything else: device placement, DDP, mixed precision, gradient accumulation (``no_sync`` on all but the last
+micro-step), clipping, AdamW/Adam with no decay on norms/biases/SSM parameters/embeddings, the learning-rate
+schedule (:func:`lr_at`), a resumable deterministic sampler (:class:`ResumableBatchSampler`), atomic rotating
+checkpoints that load with ``torch.load(weights_only=True)``, exact resume, SIGTERM/SIGUSR1 pre-emption, and
+logging (tqdm, ``metrics.jsonl``, TensorBoard, ``log.txt``, images).
+
+Layout of ``out_dir``::
+
+    checkpoints/step_00000500.pt   # the last ``keep_last`` ones
+    checkpoints/last               # text file: the name of the newest complete checkpoint
+    metrics.jsonl  tb/  log.txt  images/step_00000500.png
+
+Step numbers count optimizer steps done: ``step_00000004.pt`` holds the state after 4 steps.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from aum.distributed import (DistInfo, ResumableBatchSampler, barrier, init_distributed, is_main, move_to_device,
+                             rng_state, seed_everything, set_rng_state)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EngineConfig", "Trainer", "lr_at", "no_weight_decay", "default_param_groups", "build_optimizer",
+           "resolve_precision", "ResumableBatchSampler", "move_to_device", "latest_checkpoint", "load_checkpoint",
+           "DistInfo", "init_distributed", "is_main"]
+
+NO_DECAY_SUFFIXES = ("pos_embed", "cls_token", "mask_token")
+NO_DECAY_NAMES = ("A_log", "A_b_log", "D", "D_b")
+CKPT_FORMAT = "aum-engine/1"
+
+
+@dataclass
+class EngineConfig:
+    """Settings of one training run (see the module docstring for the folder layout)."""
+
+    out_dir: str = "runs/default"
+    max_steps: int = 1000          # optimizer steps
+    batch_size: int = 8            # per rank, per micro-step
+    grad_accum: int = 1
+    lr: float = 1e-4               # peak lr (after warm-up)
+    min_lr: float = 1e-6
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    optimizer: str = "adamw"       # "adamw" | "adam" (fine-tuning recipes use Adam)
+    schedule: str = "cosine"       # "cosine" | "constant" | "step"
+    decay_start: int = 0
+    decay_every: int = 1
+    decay_factor: float = 1.0
+    clip_grad: float | None = 1.0
+    precision: str = "auto"        # "auto" | "fp32" | "bf16" | "fp16"
+    ckpt_every: int = 500          # steps; 0 = only at the end
+    keep_last: int = 2             # 0 = keep all
+    log_every: int = 10
+    image_every: int = 0           # 0 = never
+    seed: int = 0
+    num_workers: int = 0
+    resume: bool = True
+    deterministic: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        for name, allowed in (("optimizer", ("adamw", "adam")), ("schedule", ("cosine", "constant", "step")),
+                              ("precision", ("auto", "fp32", "bf16", "fp16"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"EngineConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("batch_size", "grad_accum", "decay_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "warmup_steps", "ckpt_every", "keep_last", "image_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"EngineConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+
+def lr_at(step: int, cfg: EngineConfig) -> float:
+    """Learning rate of the optimizer step with 0-based index ``step``.
+
+    Warm-up: ``lr * (step + 1) / warmup_steps`` for ``step < warmup_steps`` (the last warm-up step reaches the
+    peak). After it, ``constant`` keeps ``lr``; ``cosine`` goes from ``lr`` at ``step == warmup_steps`` to
+    ``min_lr`` at ``step == max_steps``; ``step`` keeps ``lr`` until ``decay_start`` and from there multiplies by
+    ``decay_factor`` every ``decay_every`` steps: ``lr * decay_factor ** (1 + (step - decay_start) //
+    decay_every)`` (not floored at ``min_lr``).
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "cosine":
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+    if cfg.schedule == "step" and step >= cfg.decay_start:
+        return cfg.lr * cfg.decay_factor ** (1 + (step - cfg.decay_start) // cfg.decay_every)
+    return cfg.lr
+
+
+def no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """Whether a parameter is exempt from weight decay: 0-/1-d tensors (biases, norms), names whose last
+    component ends in ``pos_embed``/``cls_token``/``mask_token``, and the SSM's ``A_log``/``A_b_log``/``D``/``D_b``."""
+    leaf = name.rsplit(".", 1)[-1]
+    return param.ndim <= 1 or leaf.endswith(NO_DECAY_SUFFIXES) or leaf in NO_DECAY_NAMES
+
+
+def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two optimizer groups of the trainable parameters: decayed (``weight_decay``) and exempt (0), see
+    :func:`no_weight_decay`. Empty groups are left out."""
+    decay, exempt = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (exempt if no_weight_decay(name, p) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(param_groups, cfg: EngineConfig) -> torch.optim.Optimizer:
+    """AdamW (decoupled decay) or Adam (L2 decay) over ``param_groups`` with ``cfg.lr``/``betas``/``weight_decay``
+    as defaults; a group's own ``lr``/``weight_decay`` wins."""
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(param_groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on CUDA devices that support it, ``fp16`` on other CUDA devices, ``fp32`` elsewhere."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run: the one ``checkpoints/last`` names, else the highest
+    ``step_*.pt``; ``None`` when there is none."""
+    ckdir = Path(out_dir) / "checkpoints"
+    pointer = ckdir / "last"
+    if pointer.is_file():
+        target = ckdir / pointer.read_text().strip()
+        if target.is_file():
+            return target
+        log.warning("%s names %s, which is missing; taking the newest step file", pointer, target.name)
+    steps = sorted(ckdir.glob("step_*.pt"))
+    return steps[-1] if steps else None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read an engine checkpoint safely (``weights_only=True``) onto the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _worker_init(worker_id: int) -> None:
+    # SLURM signals the whole step; workers must survive until the main process shuts them down.
+    for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+# ---------------------------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    """Trains ``model`` on ``dataset`` with ``step_fn`` under ``config``; :meth:`fit` runs or resumes the loop.
+
+    ``step_fn(model, batch) -> (loss, metrics)`` receives the (possibly DDP-wrapped) model and a batch already on
+    the device and runs the forward under the engine's autocast; the engine does the rest. ``visualise(model,
+    batch, step, png_path)`` is called on rank 0 every ``image_every`` steps with the unwrapped model in eval
+    mode under ``no_grad`` (the RNG streams are restored after it, so it cannot change training).
+    ``export(model, out_dir)`` is called on rank 0 with the unwrapped model after every checkpoint save.
+    ``param_groups`` replaces the default decay / no-decay split (each group's ``lr`` is scaled by the
+    schedule). ``dataset_epoch_keys`` makes the sampler yield ``(epoch, index)`` keys.
+    """
+
+    def __init__(self, model: nn.Module, dataset: Dataset, config: EngineConfig,
+                 step_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]],
+                 collate_fn=None, visualise: Callable[[nn.Module, Any, int, Path], None] | None = None,
+                 export: Callable[[nn.Module, Path], None] | None = None, param_groups=None,
+                 dataset_epoch_keys: bool = False):
+        self.config = cfg = config
+        self.dataset, self.step_fn, self.collate_fn = dataset, step_fn, collate_fn
+        self.visualise, self.export = visualise, export
+        self.dist = init_distributed(cfg.device)
+        self.device = self.dist.device
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.out_dir = Path(cfg.out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.module = model.to(self.device)
+        groups = default_param_groups(model, cfg.weight_decay) if param_groups is None else param_groups
+        self.optimizer = build_optimizer(groups, cfg)
+        peak = cfg.lr
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_at(s, cfg) / peak if peak else 0.0)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.model = model
+        if self.dist.world_size > 1:
+            self.model = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=False)
+        self.sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, self.dist.rank, self.dist.world_size,
+                                             cfg.seed, dataset_epoch_keys)
+        self.step = 0
+        self.loss_smooth: float | None = None
+        self._elapsed_before = 0.0
+        self._saved_step: int | None = None
+        self._last_ckpt: Path | None = None
+        self._signal: int | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def samples_per_step(self) -> int:
+        """Samples in one optimizer step over all ranks."""
+        return self.config.batch_size * self.config.grad_accum * self.dist.world_size
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _ckpt_path(self, step: int) -> Path:
+        return self.ckpt_dir / f"step_{step:08d}.pt"
+
+    def _save(self, step: int, consumed: int) -> Path:
+        """Write the checkpoint of ``step`` (all ranks take part; rank 0 writes), rotate, export."""
+        rng = rng_state()
+        rngs = [rng]
+        if self.dist.world_size > 1:
+            rngs = [None] * self.dist.world_size if self.dist.is_main else None
+            dist.gather_object(rng, rngs, dst=0)
+        path = self._ckpt_path(step)
+        self._saved_step, self._last_ckpt, self._saves = step, path, self._saves + 1
+        if not self.dist.is_main:
+            return path
+        epoch, offset = self.sampler.position_after(consumed)
+        state = {
+            "format": CKPT_FORMAT, "step": step, "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": {"epoch": epoch, "offset": offset, "batches_per_epoch": self.sampler.batches_per_epoch,
+                        "global_batch": self.config.batch_size * self.dist.world_size},
+            "rng": rngs, "loss_smooth": self.loss_smooth, "elapsed": self._elapsed(),
+            "config": dataclasses.asdict(self.config),
+            "engine": {"precision": self.precision, "world_size": self.dist.world_size,
+                       "device": self.device.type},
+        }
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.ckpt_dir.glob(".*.tmp-*"):      # left by a run killed while writing
+            stale.unlink(missing_ok=True)
+        _atomic_write(path, lambda f: torch.save(state, f))
+        _atomic_write(self.ckpt_dir / "last", lambda f: f.write(path.name.encode() + b"\n"))
+        if self.config.keep_last > 0:
+            for old in sorted(self.ckpt_dir.glob("step_*.pt"))[:-self.config.keep_last]:
+                old.unlink(missing_ok=True)
+        log.info("step %d: checkpoint %s", step, path)
+        if self.export is not None:
+            self.export(self.module, self.out_dir)
+        return path
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.out_dir) if self.config.resume else None
+        if path is None:
+            return
+        ck = load_checkpoint(path)
+        if ck.get("format") != CKPT_FORMAT:
+            raise RuntimeError(f"{path} is not an aum engine checkpoint (format {ck.get('format')!r})")
+        diff = {k: (v, getattr(self.config, k)) for k, v in ck["config"].items()
+                if k not in ("resume", "out_dir", "max_steps") and hasattr(self.config, k)
+                and v != getattr(self.config, k) and not (isinstance(v, (list, tuple)) and tuple(v) ==
+                                                          tuple(getattr(self.config, k)))}
+        if diff:
+            log.warning("resuming %s with changed settings (old, new): %s", path, diff)
+        self.module.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        if ck["scaler"] and self.scaler.is_enabled():        # empty when saved without fp16
+            self.scaler.load_state_dict(ck["scaler"])
+        s = ck["sampler"]
+        epoch, offset = s["epoch"], s["offset"]
+        global_batch = self.config.batch_size * self.dist.world_size
+        if s["global_batch"] != global_batch:
+            offset = offset * s["global_batch"] // global_batch
+            log.warning("global batch changed %d -> %d: the data position is approximate",
+                        s["global_batch"], global_batch)
+        self.sampler.set_position(epoch, offset)
+        rngs = ck["rng"]
+        if len(rngs) == self.dist.world_size:
+            set_rng_state(rngs[self.dist.rank])
+        else:
+            log.warning("checkpoint has RNG states of %d ranks, this job has %d: reseeding",
+                        len(rngs), self.dist.world_size)
+            seed_everything(self.config.seed + self.dist.rank + 1_000_003 * ck["step"])
+        self.step = self._saved_step = int(ck["step"])
+        self._last_ckpt = path
+        self.loss_smooth = ck.get("loss_smooth")
+        self._elapsed_before = float(ck.get("elapsed", 0.0))
+        if self.dist.is_main:
+            metrics = self.out_dir / "metrics.jsonl"
+            if metrics.is_file():        # drop lines a killed run wrote after this checkpoint
+                lines = [ln for ln in metrics.read_text().splitlines()
+                         if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+                _atomic_write(metrics, lambda f: f.write("".join(ln + "\n" for ln in lines).encode()))
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, epoch, offset)
+
+    def _elapsed(self) -> float:
+        return self._elapsed_before + (time.perf_counter() - self._t0)
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signal = signum          # act on it between steps; logging here could deadlock
+
+    def _call_visualise(self, batch: Any) -> None:
+        path = self.out_dir / "images" / f"step_{self.step:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        saved = rng_state()
+        self.module.eval()
+        try:
+            with torch.no_grad():
+                self.visualise(self.module, batch, self.step, path)
+        finally:
+            self.module.train()
+            set_rng_state(saved)
+
+    @contextlib.contextmanager
+    def _run_context(self):
+        """Deterministic mode, signal handlers and the log file for the duration of :meth:`fit`."""
+        cfg, main = self.config, self.dist.is_main
+        prev_det = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads(),
+                    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.set_num_threads(1)
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+                if sig is not None:
+                    handlers[sig] = signal.signal(sig, self._on_signal)
+        file_handler, aum_logger, prev_level = None, logging.getLogger("aum"), logging.getLogger("aum").level
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            file_handler = logging.FileHandler(self.out_dir / "log.txt")
+            file_handler.setLevel(logging.INFO)
+            file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logging.getLogger().addHandler(file_handler)
+            if aum_logger.getEffectiveLevel() > logging.INFO:
+                aum_logger.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
+            if cfg.deterministic:
+                torch.use_deterministic_algorithms(prev_det[0])
+                torch.set_num_threads(prev_det[1])
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev_det[2:]
+            if file_handler is not None:
+                logging.getLogger().removeHandler(file_handler)
+                file_handler.close()
+                aum_logger.setLevel(prev_level)
+
+    def _writer(self):
+        if not self.dist.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+            return None
+        return SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step + 1 if self.step else None)
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> dict:
+        """Train (or resume) until ``max_steps`` or a SIGTERM/SIGUSR1; returns ``{"step", "loss" (smoothed),
+        "checkpoint" (path of the newest checkpoint), "stopped_by": "done"|"signal"}``.
+
+        Raises ``FloatingPointError`` naming the step when the loss (averaged over ranks) is not finite; nothing
+        of that step is applied or saved.
+        """
+        cfg, main = self.config, self.dist.is_main
+        self._t0 = time.perf_counter()
+        self._signal, self._saves, self._consumed = None, 0, 0
+        stopped_by = "done"
+        with self._run_context():
+            self.module.train()
+            seed_everything(cfg.seed + self.dist.rank)
+            self._resume()
+            if main:
+                n_params = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+                log.info("training %.2fM parameters on %d x %s (%s), %d samples/step, from step %d to %d: %s",
+                         n_params / 1e6, self.dist.world_size, self.device, self.precision,
+                         self.samples_per_step, self.step, cfg.max_steps, dataclasses.asdict(cfg))
+            start_batch = self.sampler.epoch * self.sampler.batches_per_epoch + self.sampler.offset
+            loader = DataLoader(
+                self.dataset, batch_sampler=self.sampler, num_workers=cfg.num_workers,
+                collate_fn=self.collate_fn, pin_memory=self.device.type == "cuda",
+                worker_init_fn=_worker_init if cfg.num_workers else None,
+                generator=torch.Generator().manual_seed(
+                    (cfg.seed * 1_000_003 + self.dist.rank * 7919 + start_batch) % 2**63))
+            it = iter(loader)
+            writer = self._writer() if self.step < cfg.max_steps else None
+            pbar = tqdm(total=cfg.max_steps, initial=self.step, disable=not main, dynamic_ncols=True,
+                        desc="train", mininterval=1.0 if sys.stderr.isatty() else 30.0)
+            try:
+                stopped_by = self._loop(it, writer, pbar)
+            finally:
+                pbar.close()
+                if writer is not None:
+                    writer.close()
+                del it
+            if self._saved_step != self.step:
+                self._save(self.step, self._consumed)
+            elif main and self.export is not None and self._saves == 0:
+                self.export(self.module, self.out_dir)     # resumed a finished run: export its final state
+            barrier()
+            if stopped_by == "signal":
+                log.warning("stopped by signal %s at step %d; checkpoint %s", self._signal, self.step,
+                            self._last_ckpt)
+        return {"step": self.step, "loss": self.loss_smooth,
+                "checkpoint": str(self._last_ckpt) if self._last_ckpt else None, "stopped_by": stopped_by}
+
+    def _loop(self, it, writer, pbar) -> str:
+        cfg, main, accum = self.config, self.dist.is_main, self.config.grad_accum
+        ddp = isinstance(self.model, DistributedDataParallel)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self._consumed = 0
+        win_t, win_steps, win_loss, sums, counts = time.perf_counter(), 0, 0.0, {}, {}
+        sps = 0.0
+        while self.step < cfg.max_steps:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), device=self.device)
+            for micro in range(accum):
+                batch = move_to_device(next(it), self.device, non_blocking=self.device.type == "cuda")
+                self._consumed += 1
+                sync = self.model.no_sync() if ddp and micro < accum - 1 else contextlib.nullcontext()
+                with sync:
+                    with self._autocast():
+                        loss, metrics = self.step_fn(self.model, batch)
+                    self.scaler.scale(loss / accum).backward()
+                loss_sum += loss.detach().float()
+                if main:
+                    for k, v in (metrics or {}).items():
+                        sums[k] = sums.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else float(v))
+                        counts[k] = counts.get(k, 0) + 1
+            shared = torch.stack([loss_sum / accum,
+                                  torch.tensor(float(self._signal is not None), device=self.device)])
+            if self.dist.world_size > 1:
+                dist.all_reduce(shared)
+            loss_val, stop = shared[0].item() / self.dist.world_size, shared[1].item() > 0
+            if not math.isfinite(loss_val):
+                raise FloatingPointError(f"non-finite loss ({loss_val}) at step {self.step + 1}")
+            if cfg.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+                if main:
+                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + gnorm.detach().float()
+                    counts["grad_norm"] = counts.get("grad_norm", 0) + 1
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            self.loss_smooth = loss_val if self.loss_smooth is None else 0.98 * self.loss_smooth + 0.02 * loss_val
+            win_steps, win_loss = win_steps + 1, win_loss + loss_val
+            if main:
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    now = time.perf_counter()
+                    sps = win_steps * self.samples_per_step / max(now - win_t, 1e-9)
+                    rec = {"step": self.step, "loss": win_loss / win_steps, "lr": lr, "samples_per_s": sps,
+                           "elapsed": self._elapsed(), **{k: float(sums[k]) / counts[k] for k in sums}}
+                    with open(self.out_dir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    if writer is not None:
+                        for k, v in rec.items():
+                            if k != "step":
+                                writer.add_scalar(f"train/{k}", v, self.step)
+                    log.info("step %d: %s", self.step,
+                             " ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "step"))
+                    win_t, win_steps, win_loss, sums, counts = now, 0, 0.0, {}, {}
+                pbar.set_postfix(loss=f"{self.loss_smooth:.4f}", lr=f"{lr:.2e}", sps=f"{sps:.1f}", refresh=False)
+                pbar.update(1)
+                if self.visualise is not None and cfg.image_every and self.step % cfg.image_every == 0:
+                    self._call_visualise(batch)
+            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                self._save(self.step, self._consumed)
+            if stop:
+                if self._saved_step != self.step:
+                    self._save(self.step, self._consumed)
+                return "signal"
+        return "done"

@@ -1,0 +1,109 @@
+"""Masked-spectrogram self-supervised pretraining of an AuM encoder.
+
+    python -m pretrain                                   # built-in default: tiny AuM, SSAST, generated audio
+    python -m pretrain data.source=/data/unlabelled objective.name=mae engine.out_dir=runs/mae
+    python -m pretrain my_run.yaml engine.max_steps=20000
+
+Writes into ``engine.out_dir``: ``config.yaml`` (resolved), ``checkpoints/`` (resumable training state),
+``encoder.safetensors`` (the encoder alone, loadable with ``aum.checkpoint.load_checkpoint``; refreshed at
+every checkpoint), ``metrics.jsonl``, ``tb/`` (TensorBoard), ``images/`` (input / masked / reconstruction),
+``bad_files.jsonl`` (audio that could not be used, with reasons) and ``log.txt``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from aum.checkpoint import save_checkpoint
+from aum.config import load_config, parse_cli, save_config, to_dataclass
+from aum.data import AudioClipDataset, SynthAudioDataset, collate_skip_bad, format_bad_file_report, read_manifest, \
+    scan_audio
+from aum.engine import Trainer
+from aum.models import create_model
+from pretrain.config import PretrainConfig
+from pretrain.figures import save_reconstruction_png
+from pretrain.objectives import OBJECTIVES
+
+log = logging.getLogger("pretrain")
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
+
+
+def build_dataset(cfg: PretrainConfig, out_dir: Path):
+    """The unlabelled training set of ``cfg.data``; a folder without audio is an error here, before training."""
+    d = cfg.data
+    if d.source == "synth":
+        return SynthAudioDataset(d.synth_clips, crop_frames=d.crop_frames, preset=d.preset, seed=cfg.engine.seed)
+    source = Path(d.source)
+    if not source.exists():
+        raise FileNotFoundError(f"data.source {source} does not exist (use 'synth', a folder or a manifest)")
+    entries = read_manifest(source) if source.suffix.lower() in MANIFEST_SUFFIXES else scan_audio(source)
+    return AudioClipDataset(entries, crop_frames=d.crop_frames, preset=d.preset, seed=cfg.engine.seed,
+                            bad_files_path=out_dir / "bad_files.jsonl")
+
+
+def build_objective(cfg: PretrainConfig) -> torch.nn.Module:
+    """Encoder (headless, its position grid sized to the training crops) wrapped in the chosen objective."""
+    m, o, k = cfg.model, cfg.objective, cfg.mask
+    overrides = {key: val for key, val in (("depth", m.depth), ("embed_dim", m.embed_dim)) if val is not None}
+    encoder = create_model(m.preset, mixer=m.mixer, cls_position=m.cls_position, num_classes=0,
+                           target_frames=cfg.data.crop_frames, **overrides)
+    if o.name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {o.name!r}; choose one of {sorted(OBJECTIVES)}")
+    mask = {"mask_strategy": k.strategy, "mask_span": k.span, "mask_cluster": k.cluster}
+    if k.ratio is not None:
+        mask["mask_ratio"] = k.ratio
+    if o.name == "ssast":
+        return OBJECTIVES["ssast"](encoder, gen_weight=o.gen_weight, disc_weight=o.disc_weight, **mask)
+    return OBJECTIVES["mae"](encoder, decoder_dim=o.decoder_dim, decoder_depth=o.decoder_depth,
+                             norm_pix=o.norm_pix, **mask)
+
+
+def step_fn(model, batch):
+    """One training micro-step for the engine: ``(loss, metrics)``."""
+    loss, metrics, _ = model(batch)
+    return loss, metrics
+
+
+def export_encoder(objective, folder: Path, cfg: PretrainConfig, step: int | None = None) -> Path:
+    """Write the encoder alone (no decoder, no heads) as ``folder/encoder.safetensors``."""
+    meta = {"objective": cfg.objective.name, "mask_strategy": cfg.mask.strategy, "data": cfg.data.source}
+    if step is not None:
+        meta["step"] = step
+    return save_checkpoint(objective.encoder, Path(folder) / "encoder.safetensors", metadata=meta)
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    """Run (or resume) pretraining as configured; returns the engine's summary plus the encoder path."""
+    out_dir = Path(cfg.engine.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset = build_dataset(cfg, out_dir)
+    objective = build_objective(cfg)
+    trainer = Trainer(
+        objective, dataset, cfg.engine, step_fn, collate_fn=collate_skip_bad,
+        visualise=lambda model, batch, step, path: save_reconstruction_png(model, batch, step, path),
+        export=lambda model, folder: export_encoder(model, out_dir, cfg),
+        dataset_epoch_keys=True)
+    summary = trainer.fit()
+    summary["encoder"] = str(out_dir / "encoder.safetensors")
+    bad = out_dir / "bad_files.jsonl"
+    if bad.exists():
+        report = format_bad_file_report(bad)
+        log.warning(report)
+        summary["bad_files"] = report
+    return summary
+
+
+def main(argv=None) -> dict:
+    """Command-line entry point (``aum-pretrain``)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    path, overrides = parse_cli(argv)
+    cfg = load_config(PretrainConfig, path, overrides)
+    out_dir = Path(cfg.engine.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    summary = pretrain(to_dataclass(cfg, PretrainConfig))
+    print(f"pretraining {summary.get('stopped_by', 'done')} at step {summary.get('step')}; "
+          f"encoder: {summary['encoder']}")
+    return summary
