@@ -3,6 +3,8 @@ Use: ``path, ov = parse_cli(sys.argv[1:]); cfg = load_config(Schema, path, ov); 
 
 from __future__ import annotations
 
+import sys
+
 import dataclasses
 import difflib
 import os
@@ -103,6 +105,7 @@ def to_dataclass(cfg, schema):
 def parse_cli(argv) -> tuple[str | None, list[str]]:
     """Split command-line words into ``(config_path or None, overrides)``: ``--config FILE``, ``--config=FILE``
     or a leading ``*.yaml``/``*.yml`` word, then ``key=value`` overrides; anything else raises ConfigError."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     paths, overrides, it = [], [], iter(enumerate(argv))
     for i, word in it:
         if word.partition("=")[0] == "--config":

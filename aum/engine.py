@@ -463,19 +463,29 @@ class Trainer:
         return {"step": self.step, "loss": self.loss_smooth,
                 "checkpoint": str(self._last_ckpt) if self._last_ckpt else None, "stopped_by": stopped_by}
 
+    def _next_batch(self, it, patience: int = 50):
+        """The next usable batch. A collate function returns None when every clip of a batch was bad (the
+        data set logged each one); after ``patience`` such batches in a row the data is declared unusable."""
+        for _ in range(patience):
+            batch = next(it)
+            self._consumed += 1
+            if batch is not None:
+                return move_to_device(batch, self.device, non_blocking=self.device.type == "cuda")
+        raise RuntimeError(f"{patience} consecutive batches had no usable clip: the data set is unusable "
+                           f"(see the bad-file log in {self.out_dir})")
+
     def _loop(self, it, writer, pbar) -> str:
         cfg, main, accum = self.config, self.dist.is_main, self.config.grad_accum
         ddp = isinstance(self.model, DistributedDataParallel)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self._consumed = 0
         win_t, win_steps, win_loss, sums, counts = time.perf_counter(), 0, 0.0, {}, {}
-        sps = 0.0
+        sps, step_t = 0.0, time.perf_counter()
         while self.step < cfg.max_steps:
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), device=self.device)
             for micro in range(accum):
-                batch = move_to_device(next(it), self.device, non_blocking=self.device.type == "cuda")
-                self._consumed += 1
+                batch = self._next_batch(it)
                 sync = self.model.no_sync() if ddp and micro < accum - 1 else contextlib.nullcontext()
                 with sync:
                     with self._autocast():
@@ -509,8 +519,8 @@ class Trainer:
             if main:
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     now = time.perf_counter()
-                    sps = win_steps * self.samples_per_step / max(now - win_t, 1e-9)
-                    rec = {"step": self.step, "loss": win_loss / win_steps, "lr": lr, "samples_per_s": sps,
+                    rec = {"step": self.step, "loss": win_loss / win_steps, "lr": lr,
+                           "samples_per_s": win_steps * self.samples_per_step / max(now - win_t, 1e-9),
                            "elapsed": self._elapsed(), **{k: float(sums[k]) / counts[k] for k in sums}}
                     with open(self.out_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(rec) + "\n")
@@ -521,7 +531,11 @@ class Trainer:
                     log.info("step %d: %s", self.step,
                              " ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "step"))
                     win_t, win_steps, win_loss, sums, counts = now, 0, 0.0, {}, {}
-                pbar.set_postfix(loss=f"{self.loss_smooth:.4f}", lr=f"{lr:.2e}", sps=f"{sps:.1f}", refresh=False)
+                now = time.perf_counter()
+                rate = self.samples_per_step / max(now - step_t, 1e-9)
+                sps, step_t = (rate if sps == 0.0 else 0.9 * sps + 0.1 * rate), now
+                pbar.set_postfix(loss=f"{self.loss_smooth:.4f}", lr=f"{lr:.2e}", clips_per_s=f"{sps:.2f}",
+                                 refresh=False)
                 pbar.update(1)
                 if self.visualise is not None and cfg.image_every and self.step % cfg.image_every == 0:
                     self._call_visualise(batch)

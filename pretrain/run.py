@@ -12,9 +12,11 @@ every checkpoint), ``metrics.jsonl``, ``tb/`` (TensorBoard), ``images/`` (input 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from aum.checkpoint import save_checkpoint
 from aum.config import load_config, parse_cli, save_config, to_dataclass
@@ -97,6 +99,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
 def main(argv=None) -> dict:
     """Command-line entry point (``aum-pretrain``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if {"-h", "--help"} & set(argv):
+        print(__doc__ + "\nConfiguration keys and defaults:\n\n" + OmegaConf.to_yaml(OmegaConf.structured(PretrainConfig)))
+        return {}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     path, overrides = parse_cli(argv)
     cfg = load_config(PretrainConfig, path, overrides)
