@@ -1,0 +1,1 @@
+"""The benchmark suite: registry, dataset preparation, fine-tuning, linear probes and results tables."""

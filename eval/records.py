@@ -1,0 +1,92 @@
+"""One JSON record per run: what every fine-tuning, probing and HEAR run writes, and the tables read."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MODES = ("finetune", "probe", "hear")
+INITS = ("scratch", "imagenet", "ssl", "official")
+
+
+@dataclass
+class ResultRecord:
+    """A single score: ``benchmark`` x ``mode`` x ``init`` x ``model`` x ``seed`` x ``fold``.
+
+    ``init`` is how the encoder started: ``scratch`` (random), ``imagenet`` (Vision Mamba weights),
+    ``ssl`` (our self-supervised pretraining) or ``official`` (released AuM weights). ``fold`` is the
+    cross-validation fold, or ``None`` for a fixed test split. ``metric`` names the score (``accuracy``,
+    ``mAP``, or a HEAR metric such as ``top1_acc``) and ``value`` holds it in [0, 1].
+    """
+
+    benchmark: str
+    mode: str
+    init: str
+    model: str
+    metric: str
+    value: float
+    seed: int = 0
+    fold: int | str | None = None
+    checkpoint: str | None = None
+    config: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    code_version: str = ""
+    wall_time_s: float = 0.0
+    created: str = ""
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; choose one of {INITS}")
+        self.code_version = self.code_version or code_version()
+        self.created = self.created or time.strftime("%Y-%m-%dT%H:%M:%S")
+
+    def filename(self) -> str:
+        """A file name unique to this record's coordinates."""
+        fold = "" if self.fold is None else f"_fold{self.fold}"
+        return f"{self.benchmark}_{self.mode}_{self.init}_{self.model}_seed{self.seed}{fold}.json"
+
+
+def code_version() -> str:
+    """The git commit of the code that produced a result (``+dirty`` with local changes), or ``unknown``."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_record(record: ResultRecord, folder: str | os.PathLike) -> Path:
+    """Write ``record`` atomically as ``folder/<coordinates>.json``; returns the path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / record.filename()
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(record), fh, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_records(folder: str | os.PathLike) -> list[ResultRecord]:
+    """Every ``*.json`` record under ``folder`` (recursively); a malformed file is an error naming it."""
+    records = []
+    for path in sorted(Path(folder).rglob("*.json")):
+        try:
+            records.append(ResultRecord(**json.loads(path.read_text())))
+        except (json.JSONDecodeError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: not a result record ({err})") from err
+    return records
