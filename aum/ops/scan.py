@@ -185,37 +185,40 @@ class _ChunkedScan(torch.autograd.Function):
         u, delta, A, B, C, starts = ctx.saved_tensors
         T, length = ctx.T, u.shape[-1]
         a2, a_t = (A * _LOG2E).t().contiguous(), A.t()
-        gu, gdelta = torch.zeros_like(u), torch.zeros_like(delta)
-        gB, gC = torch.zeros_like(B), torch.zeros_like(C)
+        gu, gdelta = torch.empty_like(u), torch.empty_like(delta)
+        gB, gC = torch.empty_like(B), torch.empty_like(C)
         gA_t = torch.zeros_like(a_t)
         carry = torch.zeros_like(starts[0])      # decay[k+1] * grad_h[k+1] flowing in from the next chunk
+        bufs = u.new_empty(4, T, *starts[0].shape)                        # reused by every chunk
         for idx in reversed(range(len(starts))):
             s = idx * T
             e = min(s + T, length)
             h0 = starts[idx]
-            decay, states = u.new_empty(2, e - s, *h0.shape)
+            decay, states, gh, g_exp = (buf[: e - s] for buf in bufs)
             d, du = _chunk_terms(u, delta, a2, B, s, e, decay, states)
             _run_recurrence(decay, states, h0)
-            prev = torch.cat([h0.unsqueeze(0), states[:-1]])
             g = gy[:, :, s:e].permute(2, 0, 1).unsqueeze(-1)                      # [t, b, E, 1]
             gC[:, :, s:e] = torch.matmul(states, g).squeeze(-1).permute(1, 2, 0)
             # adjoint recurrence, backwards in time: gh[k] = C[k] gy[k] + decay[k+1] gh[k+1]
-            gh = C[:, :, s:e].permute(2, 0, 1).unsqueeze(-1) * g.transpose(-1, -2)  # [t, b, N, E]
+            torch.mul(C[:, :, s:e].permute(2, 0, 1).unsqueeze(-1), g.transpose(-1, -2), out=gh)  # [t, b, N, E]
             gh[-1].add_(carry)
             for k in range(gh.shape[0] - 2, -1, -1):
                 gh[k].addcmul_(decay[k + 1], gh[k + 1])
-            carry = decay[0] * gh[0]
-            # through the decay exp(delta * A): d/d(delta * A) = gh * h[k-1] * decay
-            g_exp = prev.mul_(gh).mul_(decay)
-            gA_t += (g_exp * d).sum((0, 1))
-            g_delta = (g_exp * a_t).sum(2)                                         # [t, b, E]
+            torch.mul(decay[0], gh[0], out=carry)
+            # through the decay exp(delta * A): d/d(delta * A) = gh[k] * h[k-1] * decay[k]
+            torch.mul(gh[0], h0, out=g_exp[0])
+            torch.mul(gh[1:], states[:-1], out=g_exp[1:])
+            g_exp.mul_(decay)
             # through the drive delta * B * u
             gh_b = torch.matmul(B[:, :, s:e].permute(2, 0, 1).unsqueeze(2), gh).squeeze(2)  # sum_n gh * B
             d, du = d.squeeze(2), du.squeeze(2)
-            ut = u[:, :, s:e].permute(2, 0, 1)
-            gdelta[:, :, s:e] = (g_delta + gh_b * ut).permute(1, 2, 0)
-            gu[:, :, s:e] = (gh_b * d).permute(1, 2, 0)
             gB[:, :, s:e] = torch.matmul(gh, du.unsqueeze(-1)).squeeze(-1).permute(1, 2, 0)
+            scratch = states                                                       # states are no longer needed
+            gA_t += torch.mul(g_exp, d.unsqueeze(2), out=scratch).sum((0, 1))
+            g_delta = torch.mul(g_exp, a_t, out=scratch).sum(2)                    # [t, b, E]
+            ut = u[:, :, s:e].permute(2, 0, 1)
+            gdelta[:, :, s:e] = g_delta.add_(gh_b * ut).permute(1, 2, 0)
+            gu[:, :, s:e] = (gh_b * d).permute(1, 2, 0)
         return gu, gdelta, gA_t.t(), gB, gC, None
 
 
