@@ -4,13 +4,15 @@ A task supplies a model, a map-style dataset and ``step_fn(model, batch) -> (los
 everything else: device placement, DDP, mixed precision, gradient accumulation (``no_sync`` on all but the last
 micro-step), clipping, AdamW/Adam with no decay on norms/biases/SSM parameters/embeddings, the learning-rate
 schedule (:func:`lr_at`), a resumable deterministic sampler (:class:`ResumableBatchSampler`), atomic rotating
-checkpoints that load with ``torch.load(weights_only=True)``, exact resume, SIGTERM/SIGUSR1 pre-emption, and
-logging (tqdm, ``metrics.jsonl``, TensorBoard, ``log.txt``, images).
+checkpoints that load with ``torch.load(weights_only=True)``, exact resume, SIGTERM/SIGUSR1 pre-emption, optional
+periodic evaluation with best-on-validation model selection (:mod:`aum.selection`), and logging (tqdm,
+``metrics.jsonl``, TensorBoard, ``log.txt``, images).
 
 Layout of ``out_dir``::
 
     checkpoints/step_00000500.pt   # the last ``keep_last`` ones
     checkpoints/last               # text file: the name of the newest complete checkpoint
+    checkpoints/best_step_00000400.pt  checkpoints/best   # best weights on validation (with ``evaluate``)
     metrics.jsonl  tb/  log.txt  images/step_00000500.png
 
 Step numbers count optimizer steps done: ``step_00000004.pt`` holds the state after 4 steps.
@@ -40,6 +42,7 @@ from tqdm.auto import tqdm
 
 from aum.distributed import (DistInfo, ResumableBatchSampler, barrier, init_distributed, is_main, move_to_device,
                              rng_state, seed_everything, set_rng_state)
+from aum.selection import BestKeeper
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +69,12 @@ class EngineConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     optimizer: str = "adamw"       # "adamw" | "adam" (fine-tuning recipes use Adam)
-    schedule: str = "cosine"       # "cosine" | "constant" | "step"
+    schedule: str = "cosine"       # "cosine" | "constant" | "step" | "multistep"
     decay_start: int = 0
     decay_every: int = 1
     decay_factor: float = 1.0
+    milestones: tuple[int, ...] = ()            # multistep: steps where a new factor starts
+    milestone_factors: tuple[float, ...] = ()   # multistep: lr * milestone_factors[i] from milestones[i] on
     clip_grad: float | None = 1.0
     precision: str = "auto"        # "auto" | "fp32" | "bf16" | "fp16"
     ckpt_every: int = 500          # steps; 0 = only at the end
@@ -81,19 +86,29 @@ class EngineConfig:
     resume: bool = True
     deterministic: bool = False
     device: str = "auto"
+    eval_every: int = 0            # steps between calls of the evaluate hook (0 = never); the last step always
+    select_metric: str = ""        # key of the evaluate hook's dict that picks the best weights ("" = no selection)
+    select_mode: str = "max"       # "max" | "min"
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
-        for name, allowed in (("optimizer", ("adamw", "adam")), ("schedule", ("cosine", "constant", "step")),
-                              ("precision", ("auto", "fp32", "bf16", "fp16"))):
+        self.milestones = tuple(int(m) for m in self.milestones)
+        self.milestone_factors = tuple(float(f) for f in self.milestone_factors)
+        for name, allowed in (("optimizer", ("adamw", "adam")),
+                              ("schedule", ("cosine", "constant", "step", "multistep")),
+                              ("precision", ("auto", "fp32", "bf16", "fp16")), ("select_mode", ("max", "min"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"EngineConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("batch_size", "grad_accum", "decay_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "warmup_steps", "ckpt_every", "keep_last", "image_every", "num_workers"):
+        for name in ("max_steps", "warmup_steps", "ckpt_every", "keep_last", "image_every", "num_workers",
+                     "eval_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"EngineConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if len(self.milestones) != len(self.milestone_factors) or list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"EngineConfig.milestones must be ascending and match milestone_factors one to one, "
+                             f"got {self.milestones} and {self.milestone_factors}")
 
 
 def lr_at(step: int, cfg: EngineConfig) -> float:
@@ -103,7 +118,8 @@ def lr_at(step: int, cfg: EngineConfig) -> float:
     peak). After it, ``constant`` keeps ``lr``; ``cosine`` goes from ``lr`` at ``step == warmup_steps`` to
     ``min_lr`` at ``step == max_steps``; ``step`` keeps ``lr`` until ``decay_start`` and from there multiplies by
     ``decay_factor`` every ``decay_every`` steps: ``lr * decay_factor ** (1 + (step - decay_start) //
-    decay_every)`` (not floored at ``min_lr``).
+    decay_every)`` (not floored at ``min_lr``); ``multistep`` gives ``lr * milestone_factors[i]`` from step
+    ``milestones[i]`` on (``lr`` before the first milestone).
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -112,6 +128,9 @@ def lr_at(step: int, cfg: EngineConfig) -> float:
         return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
     if cfg.schedule == "step" and step >= cfg.decay_start:
         return cfg.lr * cfg.decay_factor ** (1 + (step - cfg.decay_start) // cfg.decay_every)
+    if cfg.schedule == "multistep":
+        passed = [f for m, f in zip(cfg.milestones, cfg.milestone_factors) if step >= m]
+        return cfg.lr * passed[-1] if passed else cfg.lr
     return cfg.lr
 
 
@@ -212,16 +231,23 @@ class Trainer:
     ``export(model, out_dir)`` is called on rank 0 with the unwrapped model after every checkpoint save.
     ``param_groups`` replaces the default decay / no-decay split (each group's ``lr`` is scaled by the
     schedule). ``dataset_epoch_keys`` makes the sampler yield ``(epoch, index)`` keys.
+
+    ``evaluate(model, step) -> {name: float}`` is called on rank 0 every ``eval_every`` steps and after the last
+    step, like ``visualise`` (unwrapped model, eval mode, ``no_grad``, RNG streams restored; the other ranks wait).
+    Its numbers go to ``metrics.jsonl`` (with ``"eval": true`` and the fractional ``epoch``) and TensorBoard; with
+    ``select_metric`` the best weights are kept (:class:`aum.selection.BestKeeper`, resumable) and
+    :meth:`fit` reports them under ``"best"``.
     """
 
     def __init__(self, model: nn.Module, dataset: Dataset, config: EngineConfig,
                  step_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]],
                  collate_fn=None, visualise: Callable[[nn.Module, Any, int, Path], None] | None = None,
                  export: Callable[[nn.Module, Path], None] | None = None, param_groups=None,
-                 dataset_epoch_keys: bool = False):
+                 dataset_epoch_keys: bool = False,
+                 evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None):
         self.config = cfg = config
         self.dataset, self.step_fn, self.collate_fn = dataset, step_fn, collate_fn
-        self.visualise, self.export = visualise, export
+        self.visualise, self.export, self.evaluate = visualise, export, evaluate
         self.dist = init_distributed(cfg.device)
         self.device = self.dist.device
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -247,6 +273,8 @@ class Trainer:
         self._saved_step: int | None = None
         self._last_ckpt: Path | None = None
         self._signal: int | None = None
+        self.best = BestKeeper(self.ckpt_dir, cfg.select_metric, cfg.select_mode) if (
+            evaluate is not None and cfg.select_metric) else None
 
     # ------------------------------------------------------------------ helpers
 
@@ -283,6 +311,7 @@ class Trainer:
             "sampler": {"epoch": epoch, "offset": offset, "batches_per_epoch": self.sampler.batches_per_epoch,
                         "global_batch": self.config.batch_size * self.dist.world_size},
             "rng": rngs, "loss_smooth": self.loss_smooth, "elapsed": self._elapsed(),
+            "best": self.best.state_dict() if self.best is not None else None,
             "config": dataclasses.asdict(self.config),
             "engine": {"precision": self.precision, "world_size": self.dist.world_size,
                        "device": self.device.type},
@@ -295,6 +324,8 @@ class Trainer:
         if self.config.keep_last > 0:
             for old in sorted(self.ckpt_dir.glob("step_*.pt"))[:-self.config.keep_last]:
                 old.unlink(missing_ok=True)
+        if self.best is not None:
+            self.best.committed()
         log.info("step %d: checkpoint %s", step, path)
         if self.export is not None:
             self.export(self.module, self.out_dir)
@@ -303,6 +334,8 @@ class Trainer:
     def _resume(self) -> None:
         path = latest_checkpoint(self.out_dir) if self.config.resume else None
         if path is None:
+            if self.best is not None and self.dist.is_main:
+                self.best.load_state_dict(None, 0)     # a fresh start: no best weights of an earlier attempt
             return
         ck = load_checkpoint(path)
         if ck.get("format") != CKPT_FORMAT:
@@ -337,6 +370,8 @@ class Trainer:
         self._last_ckpt = path
         self.loss_smooth = ck.get("loss_smooth")
         self._elapsed_before = float(ck.get("elapsed", 0.0))
+        if self.best is not None and self.dist.is_main:
+            self.best.load_state_dict(ck.get("best"), self.step)
         if self.dist.is_main:
             metrics = self.out_dir / "metrics.jsonl"
             if metrics.is_file():        # drop lines a killed run wrote after this checkpoint
@@ -362,6 +397,31 @@ class Trainer:
         finally:
             self.module.train()
             set_rng_state(saved)
+
+    def _call_evaluate(self, writer) -> None:
+        """Run the evaluate hook (rank 0), log its numbers, update the best weights; all ranks then meet."""
+        if self.dist.is_main:
+            saved = rng_state()
+            self.module.eval()
+            try:
+                with torch.no_grad():
+                    metrics = {k: float(v) for k, v in self.evaluate(self.module, self.step).items()}
+            finally:
+                self.module.train()
+                set_rng_state(saved)
+            epoch, offset = self.sampler.position_after(self._consumed)
+            rec = {"step": self.step, "eval": True, "epoch": epoch + offset / self.sampler.batches_per_epoch,
+                   **metrics}
+            if self.best is not None:
+                self.best.update(self.step, metrics, self.module)
+                rec.update(best_step=self.best.step, best_score=self.best.score)
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if writer is not None:
+                for k, v in metrics.items():
+                    writer.add_scalar(f"eval/{k}", v, self.step)
+            log.info("step %d: eval %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        barrier()
 
     @contextlib.contextmanager
     def _run_context(self):
@@ -416,7 +476,8 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train (or resume) until ``max_steps`` or a SIGTERM/SIGUSR1; returns ``{"step", "loss" (smoothed),
-        "checkpoint" (path of the newest checkpoint), "stopped_by": "done"|"signal"}``.
+        "checkpoint" (path of the newest checkpoint), "stopped_by": "done"|"signal", "best": the best weights on
+        validation (:meth:`aum.selection.BestKeeper.summary`) or None}``.
 
         Raises ``FloatingPointError`` naming the step when the loss (averaged over ranks) is not finite; nothing
         of that step is applied or saved.
@@ -461,7 +522,8 @@ class Trainer:
                 log.warning("stopped by signal %s at step %d; checkpoint %s", self._signal, self.step,
                             self._last_ckpt)
         return {"step": self.step, "loss": self.loss_smooth,
-                "checkpoint": str(self._last_ckpt) if self._last_ckpt else None, "stopped_by": stopped_by}
+                "checkpoint": str(self._last_ckpt) if self._last_ckpt else None, "stopped_by": stopped_by,
+                "best": self.best.summary() if self.best is not None else None}
 
     def _next_batch(self, it, patience: int = 50):
         """The next usable batch. A collate function returns None when every clip of a batch was bad (the
@@ -539,6 +601,9 @@ class Trainer:
                 pbar.update(1)
                 if self.visualise is not None and cfg.image_every and self.step % cfg.image_every == 0:
                     self._call_visualise(batch)
+            if self.evaluate is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0)
+                                              or self.step == cfg.max_steps):
+                self._call_evaluate(writer)
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                 self._save(self.step, self._consumed)
             if stop:
