@@ -1,0 +1,211 @@
+"""The model object :func:`hear_api.load_model` returns: an AuM encoder plus how to turn audio into
+HEAR embeddings (feature preset, layer, pooling, timestamp hop). The computation itself lives in the
+library (:mod:`aum.embed`)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from aum.checkpoint import load_checkpoint
+from aum.embed import embed_waveform, scene_embedding
+from aum.features import get_preset
+from aum.models import AuM, create_model
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+DEFAULT_ENV = "AUM_HEAR_CHECKPOINT"
+OPTIONS_ENV = "AUM_HEAR_OPTIONS"
+# Feature statistics implied by an official head's class count (when the checkpoint does not say).
+PRESET_BY_CLASSES = {527: "audioset", 309: "vggsound", 1251: "voxceleb", 35: "speechcommands"}
+
+
+@dataclass
+class EmbeddingOptions:
+    """How audio becomes HEAR embeddings; every field can be set with heareval's ``--model-options``.
+
+    - ``layer``: encoder layer to read (1..depth; ``None`` = the last, through the final norm).
+    - ``combine``: how the frequency patches of one time column become one vector: ``"mean"`` (``D``
+      values) or ``"concat"`` (``F' * D``, e.g. 8 x 192 = 1536 for tiny).
+    - ``scene``: clip pooling for scene embeddings: ``"mean"`` of the columns, ``"cls"`` (class token), or
+      ``"cls+mean"`` (both, concatenated).
+    - ``hop_ms`` / ``fine``: timestamp hop and how it is made: ``"shift"`` (default, 40 ms: the encoder on
+      4 copies shifted by 4 frames, every vector a real patch column; 4x cost), ``"interp"`` (one pass,
+      linear interpolation of the 160 ms columns), ``"native"`` (one pass, 160 ms, ``hop_ms`` ignored).
+    - ``window`` / ``window_hop``: encoder window and its hop in frames for long audio (default: the
+      model's ``target_frames`` and half of it); ``pad_to_window``: pad shorter clips to one window as in
+      AuM training (default) rather than encode them at their own length.
+    - ``features``: normalisation preset (default: the checkpoint's metadata, the class count of an
+      official head, else ``"audioset"``); ``batch_size``: windows per encoder call.
+    """
+
+    layer: int | None = None
+    combine: str = "mean"
+    scene: str = "mean"
+    hop_ms: float = 40.0
+    fine: str = "shift"
+    window: int | None = None
+    window_hop: int | None = None
+    pad_to_window: bool = True
+    features: str | None = None
+    batch_size: int = 8
+
+    def __post_init__(self):
+        if self.combine not in ("mean", "concat"):
+            raise ValueError(f"combine must be 'mean' or 'concat', got {self.combine!r}")
+        if self.scene not in ("mean", "cls", "cls+mean"):
+            raise ValueError(f"scene must be 'mean', 'cls' or 'cls+mean', got {self.scene!r}")
+        if self.fine not in ("shift", "interp", "native"):
+            raise ValueError(f"fine must be 'shift', 'interp' or 'native', got {self.fine!r}")
+        self.hop_ms = float(self.hop_ms)
+        self.layer = None if self.layer in (None, "", "none") else int(self.layer)
+        self.batch_size = int(self.batch_size)
+        if isinstance(self.pad_to_window, str):
+            self.pad_to_window = self.pad_to_window.lower() in ("1", "true", "yes")
+
+
+class HearAuM(torch.nn.Module):
+    """An AuM encoder wrapped for the HEAR API: ``sample_rate`` (16000), ``scene_embedding_size`` and
+    ``timestamp_embedding_size`` (ints), ``options`` (:class:`EmbeddingOptions`), ``source`` (where the
+    weights came from) and ``trained`` (False for the random default). Moving it (``.to``) moves the encoder."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, encoder: AuM, options: EmbeddingOptions | None = None, source: str = "",
+                 trained: bool = True, preset: str = "audioset"):
+        super().__init__()
+        self.encoder = encoder.eval()
+        self.options = options or EmbeddingOptions()
+        self.source, self.trained = source, trained
+        self.preset = get_preset(self.options.features or preset).name
+        if get_preset(self.preset).kind != "kaldi":
+            raise ValueError(f"feature preset {self.preset!r} is not a 16 kHz Kaldi preset; the HEAR wrapper "
+                             f"supports audioset, vggsound, voxceleb, speechcommands, none")
+        c = encoder.config
+        if self.options.layer is not None and not 1 <= self.options.layer <= c.depth:
+            raise ValueError(f"layer must be in 1..{c.depth}, got {self.options.layer}")
+        if self.options.scene != "mean" and c.cls_position == "none":
+            raise ValueError(f"scene={self.options.scene!r} needs a class token; this encoder has none")
+        rows = (c.num_mel_bins - c.patch_size[0]) // c.patch_stride[0] + 1
+        col = c.embed_dim * (rows if self.options.combine == "concat" else 1)
+        self.timestamp_embedding_size = int(col)
+        self.scene_embedding_size = int({"mean": col, "cls": c.embed_dim, "cls+mean": c.embed_dim + col}
+                                        [self.options.scene])
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the encoder's weights."""
+        return next(self.encoder.parameters()).device
+
+    def _kw(self) -> dict:
+        o = self.options
+        return dict(window_frames=o.window, hop_frames=o.window_hop, layer=o.layer, combine=o.combine,
+                    batch_size=o.batch_size, pad_to_window=o.pad_to_window)
+
+    def _audio(self, audio) -> torch.Tensor:
+        audio = torch.as_tensor(audio)
+        if audio.dim() != 2:
+            raise ValueError(f"audio must be [n_sounds, n_samples], got shape {tuple(audio.shape)}")
+        return audio.to(device=self.device, dtype=torch.float32)
+
+    def timestamp_embeddings(self, audio) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embeddings float32 [n_sounds, n_timestamps, timestamp_embedding_size],
+        timestamps float32 [n_sounds, n_timestamps] in ms)`` on the model's device."""
+        audio = self._audio(audio)
+        if audio.shape[0] == 0:
+            return (torch.zeros(0, 1, self.timestamp_embedding_size, device=self.device),
+                    torch.zeros(0, 1, device=self.device))
+        o = self.options
+        emb, times = embed_waveform(self.encoder, audio, SAMPLE_RATE, preset=self.preset, hop_ms=o.hop_ms,
+                                    method=o.fine, **self._kw())
+        _check_finite(emb, "timestamp embeddings")
+        ts = times.to(torch.float32).to(self.device)[None].expand(audio.shape[0], -1).contiguous()
+        return emb.to(torch.float32), ts
+
+    def scene_embeddings(self, audio) -> torch.Tensor:
+        """``float32 [n_sounds, scene_embedding_size]`` on the model's device."""
+        audio = self._audio(audio)
+        if audio.shape[0] == 0:
+            return torch.zeros(0, self.scene_embedding_size, device=self.device)
+        emb = scene_embedding(self.encoder, audio, SAMPLE_RATE, preset=self.preset, pooling=self.options.scene,
+                              **self._kw())
+        _check_finite(emb, "scene embeddings")
+        return emb.to(torch.float32)
+
+    def describe(self) -> dict:
+        """Plain-dict summary (source, trained, preset, encoder config, options) for result records."""
+        return {"source": self.source, "trained": self.trained, "features": self.preset,
+                "encoder": self.encoder.config.to_dict(), "options": asdict(self.options)}
+
+
+def _check_finite(x: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise FloatingPointError(f"{what}: {bad} non-finite values (the encoder produced NaN/Inf); "
+                                 f"check the checkpoint and the input audio")
+
+
+def _loud_warning(message: str) -> None:
+    banner = "!" * 100
+    print(f"\n{banner}\n{message}\n{banner}\n", file=sys.stderr, flush=True)
+    warnings.warn(message, stacklevel=3)
+
+
+def _preset_for(path: str, encoder: AuM) -> str:
+    meta = {}
+    try:
+        if Path(path).is_file() and Path(path).suffix == ".safetensors":
+            with safe_open(path, framework="pt") as f:          # header only; the weights are not read again
+                meta = json.loads((f.metadata() or {}).get("aum_metadata", "{}"))
+    except Exception:  # noqa: BLE001 - metadata is optional; the load itself already succeeded
+        meta = {}
+    for key in ("features", "preset", "feature_preset"):
+        if isinstance(meta.get(key), str):
+            return meta[key]
+    return PRESET_BY_CLASSES.get(encoder.config.num_classes, "audioset")
+
+
+def build(model_file_path: str = "", **options) -> HearAuM:
+    """Implementation of :func:`hear_api.load_model` (see there). Options split into
+    :class:`EmbeddingOptions` fields and, for the random default, ``arch`` (preset name), ``depth``,
+    ``seed``. ``$AUM_HEAR_OPTIONS`` (a JSON object) supplies defaults for any of them (explicit options win):
+    the way to configure tools that cannot pass options, such as the validator."""
+    env_opts = os.environ.get(OPTIONS_ENV, "").strip()
+    if env_opts:
+        try:
+            defaults = json.loads(env_opts)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"${OPTIONS_ENV} is not valid JSON: {e}") from None
+        if not isinstance(defaults, dict):
+            raise ValueError(f"${OPTIONS_ENV} must be a JSON object, got {env_opts!r}")
+        options = {**defaults, **options}
+    arch = options.pop("arch", "tiny")
+    depth = options.pop("depth", None)
+    seed = int(options.pop("seed", 0))
+    names = {f.name for f in fields(EmbeddingOptions)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"unknown model option(s) {unknown}; valid: {sorted(names | {'arch', 'depth', 'seed'})}")
+    opts = EmbeddingOptions(**options)
+    path = str(model_file_path or os.environ.get(DEFAULT_ENV, "") or "")
+    if path and path not in ("random", "default"):
+        encoder = load_checkpoint(path, map_location="cpu")
+        return HearAuM(encoder, opts, source=os.path.abspath(path), trained=True, preset=_preset_for(path, encoder))
+    torch.manual_seed(seed)
+    overrides = {"depth": int(depth)} if depth is not None else {}
+    encoder = create_model(arch, **overrides).eval()
+    _loud_warning(
+        f"hear_api.load_model: no checkpoint given: using the DEFAULT, a RANDOMLY INITIALISED, UNTRAINED "
+        f"AuM-{arch} encoder (depth {encoder.config.depth}, seed {seed}). Its embeddings are a chance-level "
+        f"baseline, not a pretrained model. Pass a checkpoint path (hear-validator -m / heareval --model) or "
+        f"set ${DEFAULT_ENV}.")
+    return HearAuM(encoder, opts, source=f"random:{arch}:depth={encoder.config.depth}:seed={seed}",
+                   trained=False, preset="audioset")
