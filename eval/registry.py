@@ -29,7 +29,7 @@ SCHEDULES = ("step", "multistep", "constant")
 CROPS = ("start", "random")
 
 __all__ = ["BenchmarkSpec", "Recipe", "BenchmarkFile", "list_benchmarks", "recipe_path", "load_benchmark",
-           "check_benchmark", "engine_settings", "RECIPE_DIR"]
+           "get_benchmark", "check_benchmark", "engine_settings", "recipe_dict", "RECIPE_DIR"]
 
 
 @dataclass
@@ -59,6 +59,11 @@ class BenchmarkSpec:
     train_crop: str = "start"
     prepare: str = ""
     source: str = ""
+
+    @property
+    def multilabel(self) -> bool:
+        """Alias of ``multi_label`` (the spelling :mod:`eval.probe` reads)."""
+        return self.multi_label
 
 
 @dataclass
@@ -162,6 +167,11 @@ def load_benchmark(name: str, overrides=()) -> BenchmarkFile:
     ``overrides`` (e.g. ``recipe.lr=1e-4``) applied."""
     cfg = load_config(BenchmarkFile, recipe_path(name), overrides)
     return check_benchmark(to_dataclass(cfg, BenchmarkFile))
+
+
+def get_benchmark(name: str) -> BenchmarkSpec:
+    """The :class:`BenchmarkSpec` of a registered benchmark (or YAML file); ``KeyError`` for an unknown name."""
+    return load_benchmark(name).benchmark
 
 
 def engine_settings(recipe: Recipe, steps_per_epoch: int) -> dict:

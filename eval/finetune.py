@@ -1,0 +1,328 @@
+"""Supervised fine-tuning of an AuM encoder on a benchmark with its recipe (eval/recipes/<benchmark>.yaml).
+
+    python -m eval.finetune BENCHMARK MANIFEST --init scratch|imagenet PATH|aum PATH|ssl PATH [key=value ...]
+    python -m eval.finetune esc10 prep/esc10/manifest.jsonl --init ssl runs/pretrain/encoder.safetensors \\
+        run.out=runs/ft_esc10 run.fold=all recipe.lr=5e-5
+
+``BENCHMARK`` is a registered name or a YAML file of the same form; ``MANIFEST`` comes from ``python -m
+eval.prepare`` (``classes.txt`` beside it). ``--init``: ``scratch`` (random), ``imagenet`` (Vision Mamba weights),
+``aum`` (an AuM checkpoint: official, Hugging Face or ours, e.g. AudioSet-trained) or ``ssl`` (our pretraining's
+``encoder.safetensors``); the architecture comes from the checkpoint unless ``model.*`` says otherwise, and the
+position grid and head are adapted (:func:`aum.convert.load_raw_into`, the body of ``init_from_pretrained``).
+
+The epoch is chosen on the VALIDATION split (the manifest's, or carved from the training clips; for k-fold
+benchmarks from the training folds) and the TEST split is scored once, with the selected weights. Each run (each
+fold) writes into ``run.out[/fold<k>]``: engine checkpoints (resume by running the same command again),
+``metrics.jsonl`` (training lines and one ``"eval": true`` line per epoch), ``best.safetensors`` (the selected
+encoder + head), ``test_metrics.json``, ``bad_files.jsonl``; and one :class:`eval.records.ResultRecord` (mode
+``finetune``) into ``run.out/records/``. Keys: ``benchmark.*`` and ``recipe.*`` (the YAML), ``model.*``, ``run.*``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from aum.checkpoint import infer_config, read_checkpoint, save_checkpoint
+from aum.config import load_config, save_config, to_dataclass
+from aum.convert import load_raw_into
+from aum.data import collate_skip_bad, format_bad_file_report
+from aum.distributed import barrier, dist_env
+from aum.engine import EngineConfig, Trainer, latest_checkpoint
+from aum.models import AuM, AuMConfig
+from aum.models.registry import PRESETS, model_config
+from aum.selection import load_best
+from eval.ft_data import FinetuneDataset, balanced_weights, check_entries, load_manifest, make_splits
+from eval.metrics import score
+from eval.prepare.custom import hash_unit
+from eval.records import ResultRecord, write_record
+from eval.registry import BenchmarkFile, check_benchmark, engine_settings, recipe_path
+
+log = logging.getLogger("eval.finetune")
+INITS = {"scratch": ("scratch", None), "imagenet": ("imagenet", "vim"), "aum": ("official", "auto"),
+         "ssl": ("ssl", "auto")}
+ARCH_KEYS = ("embed_dim", "depth", "mixer", "cls_position", "num_mel_bins", "patch_size", "patch_stride", "d_state",
+             "d_conv", "expand", "norm_eps", "residual_in_fp32")
+
+
+@dataclass
+class ModelSpec:
+    """Architecture overrides; unset fields come from the init checkpoint (or the ``base`` preset from scratch)."""
+
+    preset: Optional[str] = None
+    mixer: Optional[str] = None
+    depth: Optional[int] = None
+    embed_dim: Optional[int] = None
+    cls_position: Optional[str] = None
+
+
+@dataclass
+class RunSpec:
+    """How to run: output folder, seed, fold (``all`` or 1..K), devices, checkpoints, and caps for smoke tests."""
+
+    out: str = ""
+    seed: int = 0
+    fold: str = "all"
+    classes: str = ""
+    device: str = "auto"
+    precision: str = "auto"
+    num_workers: int = 0
+    grad_accum: int = 1
+    ckpt_every: int = 0              # steps; 0 = every epoch, at most every 2000 steps
+    keep_last: int = 1
+    log_every: int = 50
+    eval_batch_size: int = 0         # 0 = twice the training micro-batch
+    max_steps: int = 0               # 0 = the recipe's epochs
+    max_train_clips: int = 0         # 0 = all (a fixed hash-chosen subset otherwise)
+    max_eval_clips: int = 0
+    check_files: bool = True
+    resume: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class FinetuneConfig(BenchmarkFile):
+    """Everything ``python -m eval.finetune`` reads: the benchmark file plus ``model`` and ``run``."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    run: RunSpec = field(default_factory=RunSpec)
+
+
+def load_finetune_config(benchmark: str, overrides=()) -> FinetuneConfig:
+    """The checked config: the benchmark's YAML, then ``key=value`` overrides."""
+    cfg = to_dataclass(load_config(FinetuneConfig, recipe_path(benchmark), overrides), FinetuneConfig)
+    check_benchmark(cfg)
+    return cfg
+
+
+def model_name(config: dict) -> str:
+    """``tiny``/``small``/``base`` (by width), ``-d<depth>`` when not 24 (the naming of :mod:`eval.probe`)."""
+    preset = next((n for n, p in PRESETS.items() if p["embed_dim"] == config.get("embed_dim")), None)
+    return (preset or f"D{config.get('embed_dim')}") + ("" if config.get("depth", 24) == 24 else f"-d{config['depth']}")
+
+
+def build_model(cfg: FinetuneConfig, init: str, path: str | None):
+    """``(model, load report or None)``: the architecture of the checkpoint (or preset), ``model.*`` overrides,
+    the benchmark's classes and frames; weights from ``path`` with the grid resized and the head replaced."""
+    raw = None if init == "scratch" else read_checkpoint(path, kind=INITS[init][1])
+    if raw is None:
+        arch = model_config(cfg.model.preset or "base").to_dict()
+    elif raw.kind == "vim":
+        arch = infer_config({k: v for k, v in raw.state_dict.items() if k != "pos_embed" and not k.startswith("head.")})
+    else:
+        arch = dict(raw.config)
+    arch = {k: v for k, v in arch.items() if k in ARCH_KEYS}
+    if raw is not None and cfg.model.preset:
+        arch.update(PRESETS[cfg.model.preset])
+    arch.update({k: v for k, v in asdict(cfg.model).items() if k != "preset" and v is not None})
+    model = AuM(AuMConfig.from_dict({**arch, "num_classes": cfg.benchmark.num_classes,
+                                     "target_frames": cfg.benchmark.target_frames}))
+    return model, (load_raw_into(model, raw) if raw is not None else None)
+
+
+def loss_fn(kind: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``bce``: BCE with logits on (soft) multi-hot targets; ``ce``: cross-entropy with (soft) targets."""
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits.float(), target)
+    return -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+
+
+def predict(model, dataset, batch_size: int, num_workers: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(scores [n, C], targets [n, C], clips skipped as bad)`` of ``model`` (eval mode, no grad) on ``dataset``."""
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=collate_skip_bad)
+    scores, targets, seen = [], [], 0
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
+                                                                                                   enabled=False)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), amp:
+        for batch in loader:
+            if batch is None:
+                continue
+            scores.append(model(batch["fbank"].to(device)).float().cpu())
+            targets.append(batch["target"])
+            seen += len(batch["target"])
+    model.train(was_training)
+    if not scores:
+        raise RuntimeError("no clip of the evaluation split could be read (see bad_files.jsonl)")
+    return torch.cat(scores).numpy(), torch.cat(targets).numpy(), len(dataset) - seen
+
+
+def evaluate_split(model, dataset, cfg: FinetuneConfig, batch_size: int, prefix: str) -> dict:
+    """``{prefix_<metric>, prefix_loss, prefix_bad}`` of ``model`` on one split."""
+    s, t, bad = predict(model, dataset, batch_size, cfg.run.num_workers)
+    loss = float(loss_fn(cfg.recipe.loss, torch.from_numpy(s), torch.from_numpy(t)))
+    return {f"{prefix}_{cfg.benchmark.metric}": score(cfg.benchmark.metric, t, s), f"{prefix}_loss": loss,
+            f"{prefix}_bad": float(bad)}
+
+
+def _cap(entries: list[dict], n: int) -> list[dict]:
+    if not n or len(entries) <= n:
+        return entries
+    keep = set(sorted(range(len(entries)), key=lambda i: hash_unit(entries[i]["path"] + str(i)))[:n])
+    return [e for i, e in enumerate(entries) if i in keep]
+
+
+def run_one(cfg: FinetuneConfig, entries, classes, init: str, path: str | None, out_dir: Path,
+            fold: int | None) -> tuple[str, ResultRecord | None]:
+    """Fine-tune one run (one fold) and score it: ``("done", record)`` on rank 0, ``("done", None)`` on the other
+    ranks, ``("signal", None)`` when SIGTERM/SIGUSR1 stopped the training (rerun to resume)."""
+    t0, b, r, run = time.perf_counter(), cfg.benchmark, cfg.recipe, cfg.run
+    splits = make_splits(entries, b, fold)
+    splits = {"train": _cap(splits["train"], run.max_train_clips), "valid": _cap(splits["valid"], run.max_eval_clips),
+              "test": _cap(splits["test"], run.max_eval_clips)}
+    world = dist_env()["world_size"]
+    micro, rem = divmod(r.batch_size, world * run.grad_accum)
+    if rem or micro < 1:
+        raise ValueError(f"recipe.batch_size {r.batch_size} must split evenly over {world} rank(s) x "
+                         f"run.grad_accum {run.grad_accum}")
+    if len(splits["train"]) < r.batch_size:
+        raise ValueError(f"{b.name}: {len(splits['train'])} training clips are fewer than one batch ({r.batch_size})")
+    steps_per_epoch = max(1, (len(splits["train"]) // world // micro) // run.grad_accum)
+    model, report = build_model(cfg, init, path)
+    bad_log = out_dir / "bad_files.jsonl"
+    ds = {k: FinetuneDataset(v, classes, b, r if k == "train" else None, run.seed, bad_log) for k, v in splits.items()}
+    if r.sampling == "balanced":
+        ds["train"].weights = balanced_weights(ds["train"].label_ids, len(classes))
+    eval_bs = run.eval_batch_size or 2 * micro
+    settings = engine_settings(r, steps_per_epoch)
+    if run.max_steps:
+        settings["max_steps"] = min(settings["max_steps"], run.max_steps)
+    engine = EngineConfig(
+        out_dir=str(out_dir), batch_size=micro, grad_accum=run.grad_accum, seed=run.seed, device=run.device,
+        precision=run.precision, num_workers=run.num_workers, log_every=run.log_every, keep_last=run.keep_last,
+        ckpt_every=run.ckpt_every or min(steps_per_epoch, 2000), eval_every=steps_per_epoch,
+        select_metric=f"valid_{b.metric}", select_mode="max", resume=run.resume, deterministic=run.deterministic,
+        **settings)
+    params = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": r.weight_decay}]
+
+    def step_fn(m, batch):
+        """One micro-step: the recipe's loss on (possibly mixed) targets."""
+        return loss_fn(r.loss, m(batch["fbank"]), batch["target"]), {}
+
+    trainer = Trainer(model, ds["train"], engine, step_fn, collate_fn=collate_skip_bad, param_groups=params,
+                      dataset_epoch_keys=True,
+                      evaluate=lambda m, step: evaluate_split(m, ds["valid"], cfg, eval_bs, "valid"))
+    resumed = latest_checkpoint(out_dir) is not None and run.resume
+    summary = trainer.fit()
+    if summary["stopped_by"] == "signal":
+        log.warning("stopped by a signal at step %d: run the same command again to resume", summary["step"])
+        return "signal", None
+    if not trainer.dist.is_main:
+        return "done", None
+    best = load_best(out_dir)
+    if best is None:
+        raise RuntimeError(f"{out_dir}: no validation score was finite, so no epoch could be selected")
+    trainer.module.load_state_dict(best["model"])
+    test = evaluate_split(trainer.module, ds["test"], cfg, eval_bs, "test")
+    (out_dir / "test_metrics.json").write_text(json.dumps({"best_step": best["step"], **test,
+                                                           **best["metrics"]}, indent=2) + "\n")
+    ckpt = save_checkpoint(trainer.module, out_dir / "best.safetensors", metadata={
+        "benchmark": b.name, "fold": fold, "step": best["step"], "classes": classes})
+    bad = format_bad_file_report(bad_log) if bad_log.exists() else "bad audio files: none"
+    rec = ResultRecord(
+        benchmark=b.name, mode="finetune", init=INITS[init][0], model=model_name(trainer.module.config.to_dict()),
+        metric=b.metric, value=float(test[f"test_{b.metric}"]), seed=run.seed, fold=fold, checkpoint=str(ckpt),
+        config=OmegaConf.to_container(OmegaConf.structured(cfg)),
+        extra={"init_kind": init, "init_path": path, "load_notes": list(report.notes) if report else [],
+               "best_step": best["step"], "best_epoch": best["step"] / steps_per_epoch,
+               "valid_score": best["score"], "test_loss": test["test_loss"],
+               "n_train": len(splits["train"]), "n_valid": len(splits["valid"]), "n_test": len(splits["test"]),
+               "test_bad_clips": int(test["test_bad"]), "steps": summary["step"], "steps_per_epoch": steps_per_epoch,
+               "official_recipe": r.official, "resumed": resumed, "bad_files": bad, "out_dir": str(out_dir)},
+        wall_time_s=time.perf_counter() - t0)
+    path_written = write_record(rec, Path(run.out) / "records")
+    log.info("%s%s: test %s = %.4f (epoch %.0f selected on validation, %s = %.4f); record %s", b.name,
+             "" if fold is None else f" fold {fold}", b.metric, rec.value, rec.extra["best_epoch"],
+             f"valid_{b.metric}", best["score"], path_written)
+    return "done", rec
+
+
+def finetune(cfg: FinetuneConfig, manifest, init: str = "scratch", path: str | None = None) -> list[ResultRecord]:
+    """Fine-tune as configured (every fold of a k-fold benchmark with ``run.fold=all``); returns the records."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {sorted(INITS)}")
+    if (init == "scratch") != (path is None):
+        raise ValueError("--init scratch takes no checkpoint; imagenet/aum/ssl need one")
+    if path is not None and not Path(path).exists():
+        raise FileNotFoundError(f"init checkpoint {path} not found")
+    b, run = cfg.benchmark, cfg.run
+    entries, classes = load_manifest(manifest, run.classes or None)
+    check_entries(entries, classes, b, run.check_files)
+    if not run.out:
+        run.out = f"runs/finetune/{b.name}_{init}_seed{run.seed}"
+    folds = [None] if not b.folds else (list(range(1, b.folds + 1)) if run.fold == "all" else [int(run.fold)])
+    out = Path(run.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(OmegaConf.structured(cfg), out / "config.yaml")
+    records = []
+    for fold in folds:
+        status, rec = run_one(cfg, entries, classes, init, path, out if fold is None else out / f"fold{fold}", fold)
+        barrier()
+        if status == "signal":
+            break                             # pre-empted: the next invocation resumes this fold
+        if rec is not None:
+            records.append(rec)
+    if len(records) > 1:
+        values = [r.value for r in records]
+        summary = {"benchmark": b.name, "metric": b.metric, "folds": [r.fold for r in records], "values": values,
+                   "mean": float(np.mean(values)), "std": float(np.std(values))}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log.info("%s: %s over %d folds = %.4f +- %.4f", b.name, b.metric, len(values), summary["mean"],
+                 summary["std"])
+    return records
+
+
+def parse_args(argv) -> tuple[str, str, str, str | None, list[str]]:
+    """``(benchmark, manifest, init kind, checkpoint path or None, overrides)`` from the command line."""
+    positional, overrides, init, path, it = [], [], "scratch", None, iter(argv)
+    for word in it:
+        if word == "--init" or word.startswith("--init="):
+            init = word.partition("=")[2] or next(it, "")
+            if init not in INITS:
+                raise SystemExit(f"--init must be one of {sorted(INITS)}, got {init!r}")
+            if init != "scratch":
+                path = next(it, None)
+                if path is None or "=" in path:
+                    raise SystemExit(f"--init {init} needs a checkpoint path")
+        elif "=" in word and not word.startswith("-"):
+            overrides.append(word)
+        elif not word.startswith("-") and len(positional) < 2:
+            positional.append(word)
+        else:
+            raise SystemExit(f"unexpected argument {word!r}; usage: python -m eval.finetune BENCHMARK MANIFEST "
+                             f"--init scratch|imagenet PATH|aum PATH|ssl PATH [key=value ...]")
+    if len(positional) != 2:
+        raise SystemExit("usage: python -m eval.finetune BENCHMARK MANIFEST --init KIND [PATH] [key=value ...]")
+    return positional[0], positional[1], init, path, overrides
+
+
+def main(argv=None) -> list[ResultRecord]:
+    """Command-line entry point (``aum-finetune``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or {"-h", "--help"} & set(argv):
+        print(__doc__ + "\nmodel.* and run.* keys and defaults:\n\n"
+              + OmegaConf.to_yaml({"model": asdict(ModelSpec()), "run": asdict(RunSpec())}))
+        return []
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    benchmark, manifest, init, path, overrides = parse_args(argv)
+    records = finetune(load_finetune_config(benchmark, overrides), manifest, init, path)
+    for rec in records:
+        print(f"{rec.benchmark}{'' if rec.fold is None else f' fold {rec.fold}'}: test {rec.metric} = "
+              f"{rec.value:.4f} (selected epoch {rec.extra['best_epoch']:.0f} on validation)")
+    return records
+
+
+if __name__ == "__main__":
+    main()

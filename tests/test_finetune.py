@@ -1,0 +1,231 @@
+"""Supervised fine-tuning: metrics, augmentations, sampling, data checks, the HDF5 loader, and a tiny end-to-end run
+on a generated labelled task that selects on validation, writes the test score of the selected epoch as its record,
+and resumes after an interruption."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import eval.finetune as ft
+from aum.checkpoint import load_checkpoint
+from aum.synth import write_clips
+from eval.augment import mix_targets, mix_waves, noise_and_roll, spec_augment, time_warp
+from eval.ft_data import (FinetuneDataset, balanced_weights, carve_validation, check_entries, make_splits,
+                          read_hdf5_segment)
+from eval.metrics import accuracy, mean_average_precision
+from eval.prepare import PrepareError, prepare
+from eval.records import read_records
+from eval.registry import load_benchmark
+
+TASK = """benchmark: {name: synth7, num_classes: 7, target_frames: 64, preset: speechcommands,
+            splits: [train, valid, test]}
+recipe: {official: false, epochs: 3, lr: 2.0e-3, batch_size: 8, loss: ce, freqm: 8, timem: 8, mixup: 0.3,
+         warmup_steps: 2, decay_start: 1, decay_every: 1, decay_factor: 0.5}
+"""
+FAST = ["model.preset=tiny", "model.depth=2", "run.device=cpu", "run.log_every=2"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)                      # the test machine's cores are shared
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("task")
+    write_clips(root / "clips", 56, duration=0.7, labelled=True)
+    prepare("custom", root / "clips", root / "prep")
+    (root / "task.yaml").write_text(TASK)
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+def test_map_against_a_hand_computed_case():
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
+    s = np.array([[0.9, 0.2, 0.5], [0.8, 0.3, 0.1], [0.7, 0.9, 0.3], [0.1, 0.1, 0.2]])
+    # class 0: hits at ranks 1 and 3 -> (1/1 + 2/3) / 2; class 1: hit at rank 2 -> 1/2; class 2 has no positive
+    assert mean_average_precision(y, s) == pytest.approx(((1 + 2 / 3) / 2 + 0.5) / 2)
+    assert accuracy(np.array([0, 1, 0]), s[:3]) == pytest.approx(1 / 3)
+    assert accuracy(np.eye(3)[[0, 1, 1]], s[:3]) == pytest.approx(2 / 3)
+    assert np.isnan(mean_average_precision(np.zeros((2, 2)), np.ones((2, 2))))
+
+
+# ------------------------------------------------------------------------------------------------ augmentations
+
+def test_mixup_specaugment_warp_and_noise_shapes():
+    rng = np.random.default_rng(0)
+    a, b = torch.randn(1000) + 3.0, torch.randn(600)
+    m = mix_waves(a, b, 0.7)
+    assert m.shape == a.shape and abs(float(m.mean())) < 1e-5
+    expected = 0.7 * (a - a.mean()) + 0.3 * torch.nn.functional.pad(b - b.mean(), (0, 400))
+    assert torch.allclose(m, expected - expected.mean(), atol=1e-6)          # second clip zero-padded, DC removed
+    t = mix_targets(torch.tensor([1.0, 0, 0]), torch.tensor([0, 1.0, 1.0]), 0.7)
+    assert torch.allclose(t, torch.tensor([0.7, 0.3, 0.3]))
+    x = torch.randn(100, 128) + 5
+    y = spec_augment(x, rng, freqm=48, timem=40, mask_value=0.0)
+    assert y.shape == x.shape
+    zero_cols, zero_rows = (y == 0).all(0), (y == 0).all(1)
+    assert zero_cols.sum() < 48 and zero_rows.sum() < 40
+    for mask in (zero_cols, zero_rows):                     # one contiguous stripe each
+        idx = mask.nonzero().flatten()
+        assert len(idx) == 0 or idx[-1] - idx[0] + 1 == len(idx)
+    assert torch.equal(spec_augment(x, np.random.default_rng(1), 48, 40), spec_augment(x, np.random.default_rng(1), 48, 40))
+    assert time_warp(x, rng, 5).shape == x.shape and torch.equal(time_warp(x, rng, 0), x)
+    z = noise_and_roll(x, rng, 10)
+    assert z.shape == x.shape and (z - torch.roll(x, 0, 0)).abs().max() < 20
+
+
+def test_training_items_mix_labels_and_are_deterministic(task):
+    bf = load_benchmark(str(task / "task.yaml"), ["recipe.mixup=1.0"])
+    entries = [json.loads(ln) for ln in (task / "prep" / "manifest.jsonl").read_text().splitlines()]
+    classes = (task / "prep" / "classes.txt").read_text().split()
+    ds = FinetuneDataset(entries, classes, bf.benchmark, bf.recipe, seed=3)
+    item = ds[(0, 5)]
+    assert item["fbank"].shape == (64, 128) and item["target"].shape == (7,)
+    assert item["target"].sum() == pytest.approx(1.0)
+    nz = sorted(item["target"][item["target"] > 0].tolist())
+    assert len(nz) == 2 and 0 < nz[0] < 0.5 < nz[1] < 1 or nz == [1.0]    # lambda ~ Beta(10, 10)
+    assert torch.equal(ds[(0, 5)]["fbank"], item["fbank"]) and not torch.equal(ds[(1, 5)]["fbank"], item["fbank"])
+    plain = FinetuneDataset(entries, classes, bf.benchmark, None)[5]             # evaluation: no augmentation
+    assert plain["target"].tolist() == ds.target(5).tolist() and torch.equal(plain["fbank"], FinetuneDataset(
+        entries, classes, bf.benchmark, None)[5]["fbank"])
+
+
+def test_balanced_sampling_weights_and_draws(task):
+    w = balanced_weights([[0], [0], [0], [1], [0, 1]], 2)
+    assert w[0] == pytest.approx(1000 / 4.01) and w[4] == pytest.approx(1000 / 4.01 + 1000 / 2.01)
+    bf = load_benchmark(str(task / "task.yaml"))
+    entries = [json.loads(ln) for ln in (task / "prep" / "manifest.jsonl").read_text().splitlines()]
+    classes = (task / "prep" / "classes.txt").read_text().split()
+    ds = FinetuneDataset(entries, classes, bf.benchmark, bf.recipe, seed=0)
+    ds.weights = np.where(np.arange(len(entries)) == 3, 1000.0, 1.0)
+    drawn = [ds._position(0, i) for i in range(len(entries))]
+    assert drawn.count(3) > len(entries) // 2
+    assert [ds._position(0, i) for i in range(len(entries))] == drawn != [ds._position(1, i) for i in range(56)]
+
+
+# ------------------------------------------------------------------------------------------------ data checks
+
+def test_checks_and_splits_fail_before_training(task, tmp_path):
+    bf = load_benchmark(str(task / "task.yaml"))
+    entries = [json.loads(ln) for ln in (task / "prep" / "manifest.jsonl").read_text().splitlines()]
+    classes = (task / "prep" / "classes.txt").read_text().split()
+    check_entries(entries, classes, bf.benchmark)
+    with pytest.raises(PrepareError, match="class list has 6 classes, the benchmark 7"):
+        check_entries(entries, classes[:6], bf.benchmark)
+    bad = [dict(e, labels=["dog"]) if i < 2 else e for i, e in enumerate(entries)]
+    with pytest.raises(PrepareError, match=r"2 label\(s\) are not in the class list \(1 distinct, e.g. 'dog'\)"):
+        check_entries(bad, classes, bf.benchmark)
+    gone = [dict(e, path=str(tmp_path / f"x{i}.wav")) if i < 3 else e for i, e in enumerate(entries)]
+    with pytest.raises(PrepareError, match="3 of 56 audio files are missing"):
+        check_entries(gone, classes, bf.benchmark)
+    with pytest.raises(PrepareError, match=r"split\(s\) \['valid'\] are empty"):
+        make_splits([e for e in entries if e["split"] != "valid"], bf.benchmark)
+    sp = make_splits(entries, bf.benchmark)
+    assert sum(map(len, sp.values())) == 56 and all(sp.values())
+
+
+def test_carved_validation_keeps_groups_and_classes():
+    entries = [{"path": f"/a/{i}.wav", "labels": [f"c{i % 4}"], "group": f"g{i // 2}"} for i in range(80)]
+    train, valid = carve_validation(entries, 0.125, "group", stratify=True, salt="x")
+    assert len(train) + len(valid) == 80 and {e["labels"][0] for e in valid} == {"c0", "c1", "c2", "c3"}
+    assert not {e["group"] for e in train} & {e["group"] for e in valid}
+    assert carve_validation(entries[::-1], 0.125, "group", True, "x")[1] == valid[::-1]   # order-independent
+    esc = load_benchmark("esc10").benchmark
+    folds = [dict(e, split=f"fold{i % 5 + 1}", fold=i % 5 + 1) for i, e in enumerate(entries)]
+    sp = make_splits(folds, esc, fold=2)
+    assert {e["fold"] for e in sp["test"]} == {2} and 2 not in {e["fold"] for e in sp["train"] + sp["valid"]}
+
+
+def test_hdf5_segments(tmp_path, monkeypatch):
+    h5py = pytest.importorskip("h5py")
+    data = (np.sin(np.arange(48000) / 7) * 20000).astype(np.int16)
+    with h5py.File(tmp_path / "a.hdf5", "w") as f:
+        f.create_dataset("P01_01", data=data)
+    seg = read_hdf5_segment(tmp_path / "a.hdf5", "P01_01", 100, 2500)
+    assert seg.shape == (2400,) and torch.allclose(seg, torch.from_numpy(data[100:2500] / 32768.0).float())
+    bench = load_benchmark("epic_sounds").benchmark
+    entry = {"path": str(tmp_path / "a.hdf5"), "hdf5_key": "P01_01", "labels": ["water"], "start_sample": 0,
+             "stop_sample": 24000, "start": 0.0, "stop": 1.0}
+    item = FinetuneDataset([entry], ["water"] + [f"c{i}" for i in range(43)], bench)[0]
+    assert item["fbank"].shape == (1024, 128) and torch.equal(item["fbank"][-1], item["fbank"][300])  # edge-padded
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(ImportError, match="pip install h5py"):
+        read_hdf5_segment(tmp_path / "a.hdf5", "P01_01", 0, 10)
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+def _evals(out):
+    return [json.loads(ln) for ln in (Path(out) / "metrics.jsonl").read_text().splitlines() if '"eval"' in ln]
+
+
+def test_finetune_end_to_end_selects_on_valid_and_resumes(task, tmp_path, monkeypatch):
+    ref = ft.main([str(task / "task.yaml"), str(task / "prep" / "manifest.jsonl"), "--init", "scratch", *FAST,
+                   f"run.out={tmp_path / 'ref'}"])[0]
+    evals = _evals(tmp_path / "ref")
+    assert [e["step"] for e in evals] == [5, 10, 15]                    # 45 train clips / 8 = 5 steps per epoch
+    scores = [e["valid_accuracy"] for e in evals]
+    assert ref.extra["best_step"] == evals[int(np.argmax(scores))]["step"]
+    assert (ref.mode, ref.init, ref.model, ref.fold, ref.metric) == ("finetune", "scratch", "tiny-d2", None, "accuracy")
+    # the record holds the TEST score of the selected weights
+    model = load_checkpoint(tmp_path / "ref" / "best.safetensors")
+    cfg = ft.load_finetune_config(str(task / "task.yaml"), FAST)
+    entries = [json.loads(ln) for ln in (task / "prep" / "manifest.jsonl").read_text().splitlines()]
+    classes = (task / "prep" / "classes.txt").read_text().split()
+    test = FinetuneDataset(make_splits(entries, cfg.benchmark)["test"], classes, cfg.benchmark)
+    s, t, _ = ft.predict(model, test, 16)
+    assert ref.value == pytest.approx(accuracy(t, s))
+    assert read_records(tmp_path / "ref" / "records")[0].value == ref.value
+
+    calls = {"n": 0}
+    real_loss = ft.loss_fn
+
+    def dying_loss(kind, logits, target):
+        calls["n"] += 1
+        if calls["n"] == 8:                                          # step 8: after the epoch-1 checkpoint
+            raise KeyboardInterrupt
+        return real_loss(kind, logits, target)
+
+    args = [str(task / "task.yaml"), str(task / "prep" / "manifest.jsonl"), "--init", "scratch", *FAST,
+            f"run.out={tmp_path / 'x'}"]
+    monkeypatch.setattr(ft, "loss_fn", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        ft.main(args)
+    assert (tmp_path / "x" / "checkpoints" / "step_00000005.pt").is_file()
+    monkeypatch.setattr(ft, "loss_fn", real_loss)
+    again = ft.main(args)[0]
+    assert again.extra["resumed"] and again.extra["best_step"] == ref.extra["best_step"]
+    assert again.value == pytest.approx(ref.value)
+    assert [e["valid_accuracy"] for e in _evals(tmp_path / "x")] == pytest.approx(scores, abs=1e-6)
+
+
+def test_finetune_from_a_checkpoint_on_one_fold(task, tmp_path):
+    rows = [ln.split(",") for ln in (task / "clips" / "meta.csv").read_text().splitlines()[1:]]
+    root = tmp_path / "folds"
+    root.mkdir()
+    (root / "meta.csv").write_text("filename,label,fold\n" + "".join(
+        f"{task / 'clips' / r[0]},{r[1]},{i % 5 + 1}\n" for i, r in enumerate(rows)))
+    prepare("custom", root, tmp_path / "prep", audio="/")
+    (tmp_path / "k.yaml").write_text(TASK.replace("splits: [train, valid, test]", "splits: [fold1, fold2, fold3, "
+                                     "fold4, fold5], folds: 5, valid_fraction: 0.2, valid_stratify: true"))
+    encoder = tmp_path / "enc.safetensors"
+    from aum.checkpoint import save_checkpoint
+    from aum.models import create_model
+    save_checkpoint(create_model("tiny", depth=2, num_classes=3, target_frames=128), encoder)
+    rec = ft.main([str(tmp_path / "k.yaml"), str(tmp_path / "prep" / "manifest.jsonl"), "--init", "ssl", str(encoder),
+                   *FAST, "run.fold=4", "run.max_steps=3", f"run.out={tmp_path / 'o'}"])[0]
+    assert rec.fold == 4 and rec.init == "ssl" and rec.extra["n_test"] == 11
+    assert any("position embedding resized" in n for n in rec.extra["load_notes"])
+    assert any("head of 3 classes dropped" in n for n in rec.extra["load_notes"])
+    assert (tmp_path / "o" / "fold4" / "best.safetensors").is_file()
+    with pytest.raises(SystemExit, match="needs a checkpoint"):
+        ft.parse_args(["esc10", "m.jsonl", "--init", "aum"])
