@@ -1,0 +1,146 @@
+"""The job kinds a sweep runs, each an entry point of the project called in-process with an argv.
+
+=========  =========================  ====  ===============================================================
+kind       entry point                DDP   done when
+=========  =========================  ====  ===============================================================
+pretrain   ``pretrain.run:main``      yes   ``encoder.safetensors`` and ``done.json`` exist
+finetune   ``eval.finetune:main``     yes   ``done.json`` exists and every record it lists exists
+probe      ``eval.probe:main``        no    ``done.json`` exists and every record it lists exists
+tables     ``eval.results:main``      no    ``done.json`` exists (rebuilt whenever another job ran)
+=========  =========================  ====  ===============================================================
+
+The argv builders here are the only place that knows each entry point's command line; :func:`check_argv`
+parses a built argv with the entry point's own parser so a typo fails before anything is submitted.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Kind", "KINDS", "flags", "pretrain_argv", "eval_argv", "tables_argv", "check_argv", "entry_point",
+           "records_in"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A job kind: its entry point (``module:function``), whether it trains with DDP (one task per GPU),
+    whether it produces an encoder other stages can use, and whether it writes result records."""
+
+    name: str
+    entry: str
+    ddp: bool
+    produces_encoder: bool = False
+    records: bool = False
+
+
+KINDS = {k.name: k for k in (
+    Kind("pretrain", "pretrain.run:main", ddp=True, produces_encoder=True),
+    Kind("finetune", "eval.finetune:main", ddp=True, records=True),
+    Kind("probe", "eval.probe:main", ddp=False, records=True),
+    Kind("tables", "eval.results:main", ddp=False),
+)}
+EVAL_KINDS = ("probe", "finetune")
+
+
+def entry_point(kind: str):
+    """The callable ``main(argv)`` of ``kind`` (imported on demand: the eval modules are optional)."""
+    module, _, func = KINDS[kind].entry.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def flags(args: dict) -> list[str]:
+    """``{"batch_size": 8, "refresh": True, "c_grid": [0.1, 1]}`` -> ``--batch-size 8 --refresh --c-grid 0.1,1``
+    (``False``/``None`` values are left out; lists are comma-joined)."""
+    out = []
+    for key, value in args.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + str(key).lstrip("-").replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif isinstance(value, (list, tuple)):
+            out += [flag, ",".join(str(v) for v in value)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def pretrain_argv(config: str | None, args: dict, out_dir: str) -> list[str]:
+    """``python -m pretrain`` words: the optional YAML, ``key=value`` for each arg, then ``engine.out_dir``."""
+    words = [config] if config else []
+    words += [f"{k}={_yaml_value(v)}" for k, v in args.items() if k != "engine.out_dir"]
+    return words + [f"engine.out_dir={out_dir}"]
+
+
+def _yaml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_yaml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def eval_argv(kind: str, benchmark: str, manifest: str, encoder: dict, seed: int, args: dict,
+              records_dir: str, out_dir: str, cache_dir: str) -> list[str]:
+    """Words for ``python -m eval.probe`` / ``python -m eval.finetune``.
+
+    ``encoder`` is ``{"init", "model", "checkpoint"}`` (a file) or ``{"init": "scratch", "model", "preset",
+    "depth"}`` (random weights); ``args`` are extra flags (:func:`flags`), the benchmark's first.
+    """
+    words = [benchmark, manifest]
+    if encoder.get("checkpoint"):
+        words += ["--checkpoint", str(encoder["checkpoint"]), "--init", encoder["init"]]
+    else:
+        words += ["--random", encoder["preset"]]
+        if encoder.get("depth"):
+            words += ["--depth", str(encoder["depth"])]
+    words += ["--seed", str(seed), "--model-name", encoder["model"], "--out", records_dir]
+    extra = dict(args)
+    if kind == "probe":
+        extra.setdefault("cache", cache_dir)
+    return words + flags(extra)
+
+
+def tables_argv(records_dir: str, tables_dir: str) -> list[str]:
+    """Words for ``python -m eval.results``: the records folder and where the tables go."""
+    return [records_dir, "--out", tables_dir]
+
+
+def check_argv(kind: str, argv: list[str], what: str) -> None:
+    """Parse ``argv`` as ``kind``'s entry point would, without running it; raise ``ValueError`` naming ``what``
+    and the parser's message when it is rejected. Kinds whose module is not installed are not checked."""
+    if kind == "pretrain":
+        from aum.config import load_config, parse_cli
+        from pretrain.config import PretrainConfig
+        try:
+            path, overrides = parse_cli(argv)
+            load_config(PretrainConfig, path, overrides)
+        except (ValueError, FileNotFoundError) as e:
+            raise ValueError(f"{what}: {e}") from None
+        return
+    module_name = KINDS[kind].entry.partition(":")[0]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return
+    build = getattr(module, "build_parser", None)
+    if build is None:
+        return
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            build().parse_args(argv)
+    except SystemExit:
+        msg = err.getvalue().strip().splitlines()
+        raise ValueError(f"{what}: {module_name} rejects its arguments: {msg[-1] if msg else argv}") from None
+
+
+def records_in(folder: str | Path) -> list[str]:
+    """The result records (``*.json``) under ``folder``, sorted; empty when it does not exist."""
+    folder = Path(folder)
+    return sorted(str(p) for p in folder.rglob("*.json")) if folder.is_dir() else []
