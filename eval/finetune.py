@@ -258,6 +258,10 @@ def finetune(cfg: FinetuneConfig, manifest, init: str = "scratch", path: str | N
     if path is not None and not Path(path).exists():
         raise FileNotFoundError(f"init checkpoint {path} not found")
     b, run = cfg.benchmark, cfg.run
+    if not b.folds and str(run.fold) != "all":
+        raise ValueError(f"run.fold applies to k-fold benchmarks; {b.name} has fixed splits")
+    if b.folds and str(run.fold) != "all" and not (str(run.fold).isdigit() and 1 <= int(run.fold) <= b.folds):
+        raise ValueError(f"run.fold must be 'all' or 1..{b.folds}, got {run.fold!r}")
     entries, classes = load_manifest(manifest, run.classes or None)
     check_entries(entries, classes, b, run.check_files)
     if not run.out:

@@ -229,3 +229,22 @@ def test_finetune_from_a_checkpoint_on_one_fold(task, tmp_path):
     assert (tmp_path / "o" / "fold4" / "best.safetensors").is_file()
     with pytest.raises(SystemExit, match="needs a checkpoint"):
         ft.parse_args(["esc10", "m.jsonl", "--init", "aum"])
+
+
+def test_build_model_from_vision_mamba_weights(tmp_path):
+    from aum.models import create_model
+    torch.manual_seed(1)
+    layers = create_model("tiny", embed_dim=32, depth=2, mixer="v2").state_dict()
+    sd = {k: torch.randn_like(v) for k, v in layers.items() if k.startswith("layers.")}
+    sd.update({"patch_embed.proj.weight": torch.randn(32, 3, 16, 16), "patch_embed.proj.bias": torch.randn(32),
+               "pos_embed": torch.randn(1, 197, 32), "cls_token": torch.randn(1, 1, 32),
+               "norm_f.weight": torch.randn(32), "head.weight": torch.randn(1000, 32), "head.bias": torch.randn(1000)})
+    torch.save({"model": sd}, tmp_path / "vim_s_midclstok.pth")
+    model, report = ft.build_model(ft.load_finetune_config("speechcommands"), "imagenet",
+                                   str(tmp_path / "vim_s_midclstok.pth"))
+    c = model.config
+    assert (c.mixer, c.embed_dim, c.depth, c.cls_position, c.num_classes) == ("v2", 32, 2, "middle", 35)
+    assert model.pos_embed.grid == (8, 8) and report.kind == "vim" and ft.model_name(c.to_dict()) == "D32-d2"
+    assert torch.equal(model.layers[1].mixer.A_log, sd["layers.1.mixer.A_log"])
+    with pytest.raises(ValueError, match="run.fold applies to k-fold benchmarks"):
+        ft.finetune(ft.load_finetune_config("speechcommands", ["run.fold=2"]), tmp_path / "m.jsonl")
