@@ -23,6 +23,7 @@ from eval.prepare.common import CLASSES, PrepareError, read_classes
 from eval.prepare.custom import hash_unit
 
 log = logging.getLogger(__name__)
+_HDF5_FILES: dict = {}
 __all__ = ["load_manifest", "check_entries", "make_splits", "carve_validation", "balanced_weights",
            "read_hdf5_segment", "FinetuneDataset"]
 
@@ -133,10 +134,14 @@ def read_hdf5_segment(path, key: str, start: int, stop: int) -> torch.Tensor:
         import h5py
     except ImportError:
         raise ImportError("reading EPIC-Sounds audio needs h5py, which is not installed: pip install h5py") from None
-    with h5py.File(path, "r") as f:
-        if key not in f:
-            raise KeyError(f"{path}: no dataset {key!r}")
-        data = np.asarray(f[key][start:stop])
+    handle = (os.getpid(), str(path))
+    if handle not in _HDF5_FILES:                  # one open handle per process (DataLoader workers fork)
+        _HDF5_FILES.clear()
+        _HDF5_FILES[handle] = h5py.File(path, "r")
+    f = _HDF5_FILES[handle]
+    if key not in f:
+        raise KeyError(f"{path}: no dataset {key!r}")
+    data = np.asarray(f[key][start:stop])
     if np.issubdtype(data.dtype, np.integer):
         data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32).reshape(-1))
