@@ -1,0 +1,318 @@
+"""Linear probes of a frozen AuM encoder: ``python -m eval.probe BENCHMARK MANIFEST --checkpoint PATH|--random PRESET``.
+
+The encoder is frozen; clip embeddings are extracted once per (encoder, benchmark, split) and cached
+(:mod:`eval.embeddings`). A logistic regression on standardised embeddings (:mod:`eval.linear`) is fitted with its
+``C`` chosen on data that never includes the test rows:
+
+- cross-validated benchmarks (ESC-50 / ESC-10: 5 folds): leave one fold out; ``C`` by leave-one-fold-out over
+  the remaining training folds only; one record per test fold, plus a ``fold="mean"`` record;
+- benchmarks with splits: ``C`` on the validation split (or 5 inner folds of train when there is none), refit
+  on train + validation, scored once on test.
+
+``MANIFEST`` is JSON lines / CSV (``path``, ``labels`` list or ``label``, optional ``start``/``stop`` s,
+``split``, ``fold``), or a dataset folder: the ESC-10 pack (``meta.csv`` with ``filename``, ``fold`` and
+``label`` or ``category``) or the ESC-50 layout (``meta/esc50.csv`` + ``audio/``; ``esc10`` keeps its ESC-10 rows).
+
+Embedding (``--embedding``): ``mean`` (default: mean of the patch-token outputs; the self-supervised objectives
+train the patch tokens, while the class token only means something after supervised training), ``cls`` (the
+class-token output, what AuM's classifier reads) or ``both`` (the two concatenated). ``--layer N`` probes the
+output of block N (through the final norm) instead of the last one.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import logging
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aum.data import read_manifest
+from aum.models import PRESETS
+from eval.embeddings import DEFAULT_EMBEDDING, EMBEDDINGS, Encoder, get_embeddings
+from eval.linear import C_GRID, CLASSIFIERS, evaluate, fit_probe, inner_splits, select_regularisation
+from eval.records import INITS, ResultRecord, write_record
+
+log = logging.getLogger(__name__)
+TRAIN, VALID, TEST = ("train",), ("valid", "val", "validation", "dev"), ("test", "eval", "evaluation")
+
+
+@dataclass(frozen=True)
+class ProbeBenchmark:
+    """What a probe needs to know about a benchmark: labels, metric, folds or splits, and the front end."""
+
+    name: str
+    multilabel: bool = False
+    metric: str = "accuracy"
+    folds: int | None = None          # number of cross-validation folds; None: train / valid / test splits
+    preset: str = "audioset"          # feature normalisation preset (aum.features.NORM_PRESETS)
+    target_frames: int | None = 1024
+
+
+# Used when eval.registry does not know a benchmark. ESC clips are 5 s (498 frames), padded to 512 as in AST.
+FALLBACK_BENCHMARKS = {b.name: b for b in (
+    ProbeBenchmark("esc10", folds=5, target_frames=512),
+    ProbeBenchmark("esc50", folds=5, target_frames=512),
+    ProbeBenchmark("speechcommands", preset="speechcommands", target_frames=128),
+    ProbeBenchmark("audioset", multilabel=True, metric="mAP"),
+    ProbeBenchmark("audioset20k", multilabel=True, metric="mAP"),
+    ProbeBenchmark("vggsound", preset="vggsound"),
+    ProbeBenchmark("voxceleb", preset="voxceleb"),
+    ProbeBenchmark("epic_sounds", preset="epic_sounds"),
+)}
+
+
+def _from_registry(name: str) -> ProbeBenchmark | None:
+    """The benchmark as eval.registry describes it, or None when the registry is absent or does not know it."""
+    try:
+        from eval import registry
+    except ImportError:
+        return None
+    getter = getattr(registry, "get_benchmark", None)
+    try:
+        spec = getter(name) if getter else None
+    except (KeyError, ValueError):
+        return None
+    if spec is None:
+        return None
+    folds = getattr(spec, "folds", None)
+    return ProbeBenchmark(
+        name, bool(getattr(spec, "multilabel", False)), str(getattr(spec, "metric", "accuracy")),
+        (len(folds) if isinstance(folds, (list, tuple)) else folds) or None,
+        str(getattr(spec, "norm_preset", None) or getattr(spec, "preset", "audioset")),
+        getattr(spec, "target_frames", 1024))
+
+
+def benchmark_info(name: str, **overrides) -> ProbeBenchmark:
+    """Properties of benchmark ``name`` (eval.registry first, then :data:`FALLBACK_BENCHMARKS`); ``overrides``
+    (non-None fields) win. An unknown name needs every property given: it gets the defaults otherwise."""
+    key = name.lower().replace("-", "_")
+    info = _from_registry(key) or FALLBACK_BENCHMARKS.get(key)
+    if info is None:
+        log.warning("benchmark %r is unknown: using single-label accuracy, audioset features, 1024 frames "
+                    "unless given on the command line", name)
+        info = ProbeBenchmark(key)
+    return dataclasses.replace(info, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def entries_from_pack(folder, benchmark: str = "esc10") -> list[dict]:
+    """Manifest entries of an ESC-style dataset folder: ``meta.csv`` (``filename``, ``fold``, ``label`` or
+    ``category``) or ESC-50's ``meta/esc50.csv`` (for ``esc10``, only its rows with ``esc10`` true)."""
+    folder = Path(folder)
+    meta = folder / "meta.csv" if (folder / "meta.csv").is_file() else folder / "meta" / "esc50.csv"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{folder}: neither meta.csv nor meta/esc50.csv found; pass a manifest instead")
+    with open(meta, newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "filename" not in rows[0] or "fold" not in rows[0]:
+        raise ValueError(f"{meta}: expected columns filename, fold and label/category")
+    label_col = "category" if "category" in rows[0] else "label"
+    audio = folder if meta.parent == folder else folder / "audio"
+    if benchmark.lower() == "esc10" and "esc10" in rows[0]:
+        rows = [r for r in rows if r["esc10"].strip().lower() == "true"]
+    return [{"path": str(audio / r["filename"]), "labels": [r[label_col]], "fold": int(r["fold"])} for r in rows]
+
+
+def load_entries(source, benchmark: str) -> list[dict]:
+    """Entries of a manifest file (:func:`aum.data.read_manifest`) or of a dataset folder (:func:`entries_from_pack`)."""
+    return entries_from_pack(source, benchmark) if Path(source).is_dir() else read_manifest(source)
+
+
+def _labels(entry: dict) -> list[str]:
+    value = entry.get("labels", entry.get("label"))
+    if value is None or value == "" or value == []:
+        raise ValueError(f"{entry['path']}: no label")
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def encode_labels(entries, multilabel: bool) -> tuple[np.ndarray, list[str]]:
+    """Targets and class names: class indices ``[n]`` (single-label) or a 0/1 matrix ``[n, K]`` (multi-label)."""
+    labels = [_labels(e) for e in entries]
+    classes = sorted({c for ls in labels for c in ls})
+    pos = {c: i for i, c in enumerate(classes)}
+    if multilabel:
+        Y = np.zeros((len(labels), len(classes)), np.int64)
+        for i, ls in enumerate(labels):
+            Y[i, [pos[c] for c in ls]] = 1
+        return Y, classes
+    if any(len(ls) != 1 for ls in labels):
+        bad = next(e["path"] for e, ls in zip(entries, labels) if len(ls) != 1)
+        raise ValueError(f"single-label benchmark, but {bad} has several labels; is it multi-label?")
+    return np.array([pos[ls[0]] for ls in labels]), classes
+
+
+def model_name(config: dict) -> str:
+    """A short name for an encoder config: the preset (``tiny``/``small``/``base``), ``-d<depth>`` when not 24."""
+    preset = next((n for n, p in PRESETS.items() if p["embed_dim"] == config.get("embed_dim")), None)
+    name = preset or f"D{config.get('embed_dim')}"
+    return name + ("" if config.get("depth", 24) == 24 else f"-d{config.get('depth')}")
+
+
+def _split_of(entry: dict) -> str:
+    return str(entry.get("split") or "all")
+
+
+def _embed(encoder, info, entries, args) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(X, kept row indices into entries, extraction facts)``, one cached extraction per split name."""
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(entries):
+        groups.setdefault(_split_of(e), []).append(i)
+    xs, rows, facts = [], [], {"cache_hit": {}, "clips_per_s": {}, "bad": 0}
+    for split, idx in groups.items():
+        emb, hit = get_embeddings(encoder, info.name, split, [entries[i] for i in idx], args.cache, info.preset,
+                                  info.target_frames, args.layer, args.batch_size, args.workers, args.device,
+                                  args.refresh, bad_files_path=Path(args.out) / "bad_files.jsonl")
+        xs.append(emb.features(args.embedding))
+        rows.append(np.asarray(idx)[emb.index])
+        facts["cache_hit"][split] = hit
+        facts["clips_per_s"][split] = emb.meta["stats"]["clips_per_s"]
+        facts["bad"] += len(idx) - len(emb.index)
+        facts.update(encoder_key=emb.meta["encoder_key"], config=emb.meta["config"])
+    return np.vstack(xs), np.concatenate(rows), facts
+
+
+def _folds(entries, rows, info) -> np.ndarray:
+    try:
+        folds = np.array([int(entries[r]["fold"]) for r in rows])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{info.name} is cross-validated: every entry needs an integer 'fold'") from None
+    if len(np.unique(folds)) < 2:
+        raise ValueError(f"{info.name}: need at least 2 folds, found {np.unique(folds).tolist()}")
+    return folds
+
+
+def _role(split: str) -> str:
+    s = split.lower()
+    return "train" if s in TRAIN else "valid" if s in VALID else "test" if s in TEST else "other"
+
+
+def probe_scores(X, Y, info: ProbeBenchmark, entries, rows, grid=C_GRID, classifier="sklearn") -> list[dict]:
+    """Fit and score the probe: one ``{"fold", "value", "C", "selection", "n_train", "n_test"}`` per test fold
+    (cross-validated benchmarks) or a single one with ``fold=None`` (train / valid / test splits)."""
+    ml = info.multilabel
+    results = []
+    if info.folds:
+        folds = _folds(entries, rows, info)
+        for k in np.unique(folds):
+            train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+            C, curve = select_regularisation(X[train], Y[train], inner_splits(groups=folds[train]), grid, ml,
+                                             classifier)
+            probe = fit_probe(X[train], Y[train], C, ml, classifier)
+            results.append({"fold": int(k), "value": evaluate(probe, X[test], Y[test], ml), "C": C,
+                            "selection": curve, "n_train": len(train), "n_test": len(test)})
+        return results
+    roles = np.array([_role(_split_of(entries[r])) for r in rows])
+    train, valid, test = (np.flatnonzero(roles == r) for r in ("train", "valid", "test"))
+    if not len(train) or not len(test):
+        raise ValueError(f"{info.name}: needs entries with split 'train' and 'test' (found "
+                         f"{sorted({_split_of(entries[r]) for r in rows})})")
+    fit_rows = np.concatenate([train, valid])
+    splits = ([(np.arange(len(train)), len(train) + np.arange(len(valid)))] if len(valid)
+              else inner_splits(y=Y[train]))
+    C, curve = select_regularisation(X[fit_rows], Y[fit_rows], splits, grid, ml, classifier)
+    probe = fit_probe(X[fit_rows], Y[fit_rows], C, ml, classifier)
+    return [{"fold": None, "value": evaluate(probe, X[test], Y[test], ml), "C": C, "selection": curve,
+             "n_train": len(fit_rows), "n_test": len(test)}]
+
+
+def run_probe(info: ProbeBenchmark, entries, encoder: Encoder, args) -> list[ResultRecord]:
+    """Embed (cached), probe, write the records to ``args.out`` and return them (per fold, then the mean)."""
+    t0 = time.perf_counter()
+    X, rows, facts = _embed(encoder, info, entries, args)
+    Y, classes = encode_labels([entries[r] for r in rows], info.multilabel)
+    results = probe_scores(X, Y, info, entries, rows, args.c_grid, args.classifier)
+    name = args.model_name or model_name(facts["config"])
+    config = {"embedding": args.embedding, "layer": args.layer, "preset": info.preset,
+              "target_frames": info.target_frames, "classifier": args.classifier, "c_grid": list(args.c_grid),
+              "multilabel": info.multilabel, "encoder": encoder.source, "encoder_config": facts["config"]}
+    common = dict(benchmark=info.name, mode="probe", init=args.init, model=name, metric=info.metric,
+                  seed=args.seed, checkpoint=args.checkpoint, config=config)
+    wall = time.perf_counter() - t0
+    records = [ResultRecord(**common, value=r["value"], fold=r["fold"], wall_time_s=wall, extra={
+        "C": r["C"], "selection": {str(c): v for c, v in r["selection"].items()}, "n_train": r["n_train"],
+        "n_test": r["n_test"], "n_classes": len(classes), "encoder_key": facts["encoder_key"],
+        "cache_hit": facts["cache_hit"], "clips_per_s": facts["clips_per_s"], "bad_files": facts["bad"]})
+        for r in results]
+    if info.folds:
+        values = [r["value"] for r in results]
+        records.append(ResultRecord(**common, value=statistics.fmean(values), fold="mean", wall_time_s=wall, extra={
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values),
+            "folds": {str(r["fold"]): r["value"] for r in results}, "encoder_key": facts["encoder_key"]}))
+    for rec in records:
+        write_record(rec, args.out)
+    return records
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m eval.probe``."""
+    p = argparse.ArgumentParser(prog="python -m eval.probe", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("benchmark", help="benchmark name, e.g. esc10, esc50, speechcommands, audioset20k")
+    p.add_argument("manifest", help="JSON-lines/CSV manifest, or a dataset folder (ESC-10 pack, ESC-50 layout)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="encoder checkpoint (ours, official .pth, HF folder, Vim)")
+    src.add_argument("--random", metavar="PRESET", choices=sorted(PRESETS), help="randomly initialised preset")
+    p.add_argument("--init", choices=INITS, help="how the encoder started (required with --checkpoint; "
+                                                 "default scratch with --random)")
+    p.add_argument("--embedding", choices=EMBEDDINGS, default=DEFAULT_EMBEDDING, help="default: %(default)s")
+    p.add_argument("--layer", type=int, help="probe the output of this block (1..depth); default: the last")
+    p.add_argument("--out", default="results/probe", help="folder for the result records (default: %(default)s)")
+    p.add_argument("--cache", help="embedding cache folder (default: $AUM_CACHE/embeddings or ~/.cache/aum/embeddings)")
+    p.add_argument("--refresh", action="store_true", help="extract again even when cached")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random encoder, recorded (default: 0)")
+    p.add_argument("--depth", type=int, help="override the depth of a --random preset (24 is the real model)")
+    p.add_argument("--model-name", help="model name in the records (default: from the encoder config)")
+    p.add_argument("--classifier", choices=CLASSIFIERS, default="sklearn",
+                   help="sklearn logistic regression, or torch linear + BCE (multi-label only)")
+    p.add_argument("--c-grid", type=lambda s: tuple(float(v) for v in s.split(",")), default=C_GRID,
+                   help="comma-separated C values to search (default: 1e-4 ... 1e2 by decades)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for audio decoding")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g = p.add_argument_group("benchmark properties (default: from eval.registry or the built-in table)")
+    g.add_argument("--multilabel", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--metric", help="accuracy or mAP")
+    g.add_argument("--folds", type=int, help="number of cross-validation folds (0: splits)")
+    g.add_argument("--preset", help="feature normalisation preset")
+    g.add_argument("--frames", type=int, help="target frames per clip")
+    return p
+
+
+def main(argv=None) -> int:
+    """Entry point of ``python -m eval.probe``; prints each fold and the mean +- std."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.checkpoint and not args.init:
+        raise SystemExit("--init is required with --checkpoint (scratch, imagenet, ssl or official)")
+    args.init = args.init or "scratch"
+    info = benchmark_info(args.benchmark, multilabel=args.multilabel, metric=args.metric, preset=args.preset,
+                          target_frames=args.frames, folds=args.folds)
+    entries = load_entries(args.manifest, info.name)
+    overrides = {"depth": args.depth} if args.depth else {}
+    encoder = (Encoder.from_checkpoint(args.checkpoint, **overrides) if args.checkpoint
+               else Encoder.random(args.random, args.seed, **overrides))
+    print(f"{info.name}: {len(entries)} clips, encoder {encoder.source} (key {encoder.key}), "
+          f"embedding {args.embedding}, layer {args.layer or 'last'}")
+    records = run_probe(info, entries, encoder, args)
+    per_fold = [r for r in records if r.fold != "mean"]
+    for r in per_fold:
+        where = f"fold {r.fold}" if r.fold is not None else "test"
+        print(f"  {where}: {r.metric} {r.value:.4f} (C={r.extra['C']:g}, {r.extra['n_train']} train / "
+              f"{r.extra['n_test']} test)")
+    values = [r.value for r in per_fold]
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    print(f"{info.name} probe [{records[0].model}, {args.init}, {args.embedding}]: {info.metric} "
+          f"{statistics.fmean(values):.4f} +- {std:.4f} over {len(values)} fold(s); "
+          f"extraction {', '.join(f'{v:.1f}' for v in records[0].extra['clips_per_s'].values())} clips/s; "
+          f"records in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Paper tables from a folder of result records: ``aum-results DIR`` or ``python -m eval.results DIR``.
+
+For each mode (finetune, probe, hear) one table of benchmarks (rows) x initialisations (columns: scratch,
+imagenet, ssl, official - always all four, a missing cell shows ``-``) with ``mean +- std (n=..)``, written as
+Markdown, CSV and LaTeX, plus a grouped bar chart (PNG, error bars = std) and ``summary.csv`` (long format,
+numeric). Rows are the benchmarks of that mode, ``benchmark (model)`` when the mode holds several models.
+
+Statistics: records with ``fold="mean"`` (the per-run summaries the probe writes) are left out and recomputed.
+Within a cell, several seeds: each seed's records are averaged over folds, then mean, std and n are over seeds
+(``over="seeds"``); a single seed: over its folds (``over="folds"``), or its one run (``n=1``, no std). ``std`` is
+the sample standard deviation (ddof=1). Values are scaled by ``--scale`` (default 100: percent).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from eval.records import INITS, MODES, ResultRecord, read_records
+
+MISSING = "-"
+KEYS = ["mode", "benchmark", "model", "init", "metric"]
+
+
+def records_frame(folder) -> pd.DataFrame:
+    """One row per record under ``folder`` (recursively), the ``fold="mean"`` summary records left out."""
+    rows = [dataclasses.asdict(r) for r in read_records(folder)]
+    df = pd.DataFrame(rows, columns=[f.name for f in dataclasses.fields(ResultRecord)])
+    return df[df["fold"].astype(str) != "mean"].reset_index(drop=True)
+
+
+def _cell_stats(group: pd.DataFrame) -> pd.Series:
+    if group["seed"].nunique() > 1:
+        values, over = group.groupby("seed")["value"].mean().to_numpy(), "seeds"
+    else:
+        values = group["value"].to_numpy(dtype=float)
+        over = "folds" if group["fold"].notna().any() and len(values) > 1 else "runs"
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+    return pd.Series({"mean": float(np.mean(values)), "std": std, "n": len(values), "over": over})
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    """Long table: one row per (mode, benchmark, model, init, metric) with ``mean``, ``std``, ``n``, ``over``."""
+    if df.empty:
+        return pd.DataFrame(columns=KEYS + ["mean", "std", "n", "over"])
+    out = df.groupby(KEYS, sort=True)[["value", "seed", "fold"]].apply(_cell_stats).reset_index()
+    out["n"] = out["n"].astype(int)
+    return out
+
+
+def format_cell(mean: float, std: float, n: int, scale: float = 100.0, digits: int = 2, pm: str = "±") -> str:
+    """``"83.25 ± 1.20 (n=5)"``; without std (n=1) ``"83.25 (n=1)"``."""
+    text = f"{mean * scale:.{digits}f}"
+    if n > 1 and np.isfinite(std):
+        text += f" {pm} {std * scale:.{digits}f}"
+    return f"{text} (n={n})"
+
+
+def _row_labels(sub: pd.DataFrame) -> pd.Series:
+    several = sub["model"].nunique() > 1
+    return sub["benchmark"] + (" (" + sub["model"] + ")" if several else "")
+
+
+def wide_table(summary: pd.DataFrame, mode: str, scale: float = 100.0, digits: int = 2, pm: str = "±",
+               benchmarks=()) -> pd.DataFrame:
+    """Benchmarks x initialisations of one ``mode`` as strings; every init a column, missing cells ``-``.
+
+    The first column is the metric. ``benchmarks`` adds rows (all ``-``) for benchmarks without a record.
+    """
+    sub = summary[summary["mode"] == mode].copy()
+    sub["row"] = _row_labels(sub) if len(sub) else pd.Series(dtype=str)
+    sub["cell"] = [format_cell(m, s, n, scale, digits, pm) for m, s, n in zip(sub["mean"], sub["std"], sub["n"])]
+    rows = list(dict.fromkeys(list(sub.sort_values(["benchmark", "model"])["row"]) +
+                              [b for b in benchmarks if b not in set(sub["benchmark"])]))
+    table = pd.DataFrame(MISSING, index=pd.Index(rows, name="benchmark"), columns=["metric", *INITS])
+    for row, g in sub.groupby("row"):
+        table.loc[row, "metric"] = "/".join(sorted(set(g["metric"])))
+        for _, r in g.iterrows():
+            table.loc[row, r["init"]] = r["cell"]
+    return table
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table (the index as the first column)."""
+    head = [table.index.name or "", *map(str, table.columns)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    lines += ["| " + " | ".join([str(i), *map(str, r)]) + " |" for i, r in zip(table.index, table.to_numpy())]
+    return "\n".join(lines) + "\n"
+
+
+def _tex(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
+                 ("±", r"$\pm$")):
+        text = text.replace(a, b)
+    return text
+
+
+def to_latex(table: pd.DataFrame, caption: str = "", label: str = "") -> str:
+    """A booktabs LaTeX table (``\\usepackage{booktabs}``), special characters escaped, ``±`` as ``$\\pm$``."""
+    cols = [table.index.name or "", *map(str, table.columns)]
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "c" * len(table.columns) + "}",
+             r"\toprule", " & ".join(_tex(c) for c in cols) + r" \\", r"\midrule"]
+    lines += [" & ".join(_tex(str(v)) for v in [i, *r]) + r" \\" for i, r in zip(table.index, table.to_numpy())]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [rf"\caption{{{_tex(caption)}}}"] if caption else []
+    lines += [rf"\label{{{label}}}"] if label else []
+    return "\n".join(lines + [r"\end{table}"]) + "\n"
+
+
+def bar_chart(summary: pd.DataFrame, mode: str, path, scale: float = 100.0) -> Path:
+    """Grouped bars (one group per benchmark row, one bar per init, std error bars) saved as a PNG.
+
+    A missing cell has no bar and a small ``-`` at its foot.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sub = summary[summary["mode"] == mode].copy()
+    sub["row"] = _row_labels(sub)
+    rows = list(dict.fromkeys(sub.sort_values(["benchmark", "model"])["row"]))
+    width = 0.8 / len(INITS)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows) + 1.5), 3.6))
+    for j, init in enumerate(INITS):
+        cell = sub[sub["init"] == init].set_index("row")
+        x = np.arange(len(rows)) + (j - (len(INITS) - 1) / 2) * width
+        have = [r in cell.index for r in rows]
+        means = [cell.loc[r, "mean"] * scale if h else 0.0 for r, h in zip(rows, have)]
+        errs = [np.nan_to_num(cell.loc[r, "std"]) * scale if h else 0.0 for r, h in zip(rows, have)]
+        xs = x[np.array(have, bool)]
+        ax.bar(xs, np.array(means)[have], width, yerr=np.array(errs)[have], capsize=3, label=init,
+               color=f"C{j}")
+        for xm in x[~np.array(have, bool)]:
+            ax.text(xm, 0, MISSING, ha="center", va="bottom", fontsize=8, color="0.4")
+    ax.set_xticks(np.arange(len(rows)), rows, rotation=20 if len(rows) > 4 else 0, ha="right" if len(rows) > 4
+                  else "center")
+    ax.set_ylabel("score" + (" (%)" if scale == 100 else ""))
+    ax.set_title(f"{mode}: mean ± std")
+    ax.legend(fontsize=8, ncols=len(INITS), loc="upper center", bbox_to_anchor=(0.5, -0.18 if len(rows) <= 4
+                                                                                  else -0.3))
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def write_tables(folder, out=None, scale: float = 100.0, digits: int = 2, benchmarks=()) -> dict[str, dict]:
+    """Gather the records under ``folder`` and write, per mode present, ``<mode>.md/.csv/.tex/.png`` plus
+    ``summary.csv`` into ``out`` (default ``folder/tables``). Returns ``{mode: {kind: path}}`` and the Markdown
+    under ``"markdown"``."""
+    out = Path(out) if out else Path(folder) / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(records_frame(folder))
+    summary.to_csv(out / "summary.csv", index=False)
+    written = {}
+    for mode in [m for m in MODES if m in set(summary["mode"])]:
+        table = wide_table(summary, mode, scale, digits, benchmarks=benchmarks)
+        md = f"### {mode}\n\n" + to_markdown(table)
+        paths = {"md": out / f"{mode}.md", "csv": out / f"{mode}.csv", "tex": out / f"{mode}.tex",
+                 "png": out / f"{mode}.png"}
+        paths["md"].write_text(md)
+        table.to_csv(paths["csv"])
+        paths["tex"].write_text(to_latex(table, caption=f"{mode}: mean ± std over seeds or folds (n)",
+                                         label=f"tab:{mode}"))
+        bar_chart(summary, mode, paths["png"], scale)
+        written[mode] = {**paths, "markdown": md}
+    return written
+
+
+def main(argv=None) -> int:
+    """Entry point of ``aum-results`` / ``python -m eval.results``: writes the tables and prints the Markdown."""
+    p = argparse.ArgumentParser(prog="aum-results", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", help="folder of result records (*.json, searched recursively)")
+    p.add_argument("--out", help="where to write the tables (default: FOLDER/tables)")
+    p.add_argument("--scale", type=float, default=100.0, help="multiply values (default 100: percent)")
+    p.add_argument("--digits", type=int, default=2)
+    p.add_argument("--benchmarks", type=lambda s: [b for b in s.split(",") if b], default=[],
+                   help="comma-separated benchmarks that get a row even without records")
+    args = p.parse_args(argv)
+    if not Path(args.folder).is_dir():
+        p.error(f"no such folder: {args.folder}")
+    written = write_tables(args.folder, args.out, args.scale, args.digits, args.benchmarks)
+    if not written:
+        print(f"no result records under {args.folder}")
+        return 1
+    for mode, paths in written.items():
+        print(paths["markdown"])
+    print(f"tables written to {Path(next(iter(written.values()))['md']).parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
