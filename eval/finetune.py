@@ -312,8 +312,8 @@ def parse_args(argv) -> tuple[str, str, str, str | None, list[str]]:
     return positional[0], positional[1], init, path, overrides
 
 
-def main(argv=None) -> list[ResultRecord]:
-    """Command-line entry point (``aum-finetune``)."""
+def run(argv=None) -> list[ResultRecord]:
+    """Parse the command line, fine-tune, print one line per record and return the records."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or {"-h", "--help"} & set(argv):
         print(__doc__ + "\nmodel.* and run.* keys and defaults:\n\n"
@@ -328,5 +328,11 @@ def main(argv=None) -> list[ResultRecord]:
     return records
 
 
+def main(argv=None) -> int:
+    """Command-line entry point (``aum-finetune``); the exit status."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

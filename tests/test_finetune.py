@@ -169,7 +169,7 @@ def _evals(out):
 
 
 def test_finetune_end_to_end_selects_on_valid_and_resumes(task, tmp_path, monkeypatch):
-    ref = ft.main([str(task / "task.yaml"), str(task / "prep" / "manifest.jsonl"), "--init", "scratch", *FAST,
+    ref = ft.run([str(task / "task.yaml"), str(task / "prep" / "manifest.jsonl"), "--init", "scratch", *FAST,
                    f"run.out={tmp_path / 'ref'}"])[0]
     evals = _evals(tmp_path / "ref")
     assert [e["step"] for e in evals] == [5, 10, 15]                    # 45 train clips / 8 = 5 steps per epoch
@@ -199,10 +199,10 @@ def test_finetune_end_to_end_selects_on_valid_and_resumes(task, tmp_path, monkey
             f"run.out={tmp_path / 'x'}"]
     monkeypatch.setattr(ft, "loss_fn", dying_loss)
     with pytest.raises(KeyboardInterrupt):
-        ft.main(args)
+        ft.run(args)
     assert (tmp_path / "x" / "checkpoints" / "step_00000005.pt").is_file()
     monkeypatch.setattr(ft, "loss_fn", real_loss)
-    again = ft.main(args)[0]
+    again = ft.run(args)[0]
     assert again.extra["resumed"] and again.extra["best_step"] == ref.extra["best_step"]
     assert again.value == pytest.approx(ref.value)
     assert [e["valid_accuracy"] for e in _evals(tmp_path / "x")] == pytest.approx(scores, abs=1e-6)
@@ -221,7 +221,7 @@ def test_finetune_from_a_checkpoint_on_one_fold(task, tmp_path):
     from aum.checkpoint import save_checkpoint
     from aum.models import create_model
     save_checkpoint(create_model("tiny", depth=2, num_classes=3, target_frames=128), encoder)
-    rec = ft.main([str(tmp_path / "k.yaml"), str(tmp_path / "prep" / "manifest.jsonl"), "--init", "ssl", str(encoder),
+    rec = ft.run([str(tmp_path / "k.yaml"), str(tmp_path / "prep" / "manifest.jsonl"), "--init", "ssl", str(encoder),
                    *FAST, "run.fold=4", "run.max_steps=3", f"run.out={tmp_path / 'o'}"])[0]
     assert rec.fold == 4 and rec.init == "ssl" and rec.extra["n_test"] == 11
     assert any("position embedding resized" in n for n in rec.extra["load_notes"])
