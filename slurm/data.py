@@ -1,10 +1,12 @@
 """Small labelled benchmarks made of generated sounds, for trying sweeps without downloading data.
 
-``make_synth_benchmark(folder, clips=28, duration=1.0, seed=0)`` writes ``clips`` WAVs of the seven
-:mod:`aum.synth` sound classes (balanced: clip ``i`` is class ``i % 7``) and ``manifest.csv`` with ``path``,
-``label``, ``split`` and ``fold``. Every run of 7 consecutive clips holds one clip per class; run ``r`` goes to
-fold ``r % folds + 1``, and the last fold is the ``test`` split (the rest ``train``), so both the split and the
-cross-validated readings of the manifest see every class in training and in testing.
+``make_synth_benchmark(folder, "synth_a", clips=28, duration=1.0, seed=0)`` writes ``clips`` WAVs of the seven
+:mod:`aum.synth` sound classes (balanced: clip ``i`` is class ``(seed + i) % 7``), ``manifest.csv`` (``path``,
+``label``, ``split``, ``fold``), ``classes.txt`` and ``benchmark.yaml`` (the benchmark file ``python -m
+eval.finetune`` reads: benchmark facts plus a short recipe). Every run of 7 consecutive clips holds one clip per
+class; run ``r`` goes to fold ``r % folds + 1`` and the last fold is the ``test`` split (the rest ``train``), so
+the split reading (probe ``--folds 0``, fine-tuning) and the cross-validated one (probe ``--folds K``) both see
+every class in training and in testing.
 """
 from __future__ import annotations
 
@@ -12,23 +14,40 @@ import csv
 import json
 from pathlib import Path
 
-from aum.synth import write_clips
+from omegaconf import OmegaConf
 
-__all__ = ["make_synth_benchmark", "GENERATE_KEYS"]
+from aum.synth import SOUND_NAMES, write_clips
 
-GENERATE_KEYS = ("clips", "duration", "seed", "folds")
-N_CLASSES = 7
+__all__ = ["make_synth_benchmark", "synth_benchmark_file", "GENERATE_KEYS"]
+
+GENERATE_KEYS = ("clips", "duration", "seed", "folds", "frames")
+N_CLASSES = len(SOUND_NAMES)
 
 
-def make_synth_benchmark(folder, clips: int = 28, duration: float = 1.0, seed: int = 0, folds: int = 4) -> Path:
+def synth_benchmark_file(name: str, frames: int = 128) -> dict:
+    """The ``benchmark.yaml`` content of a generated benchmark: 7 classes, accuracy, train/test splits with a
+    stratified validation carve, and a one-epoch recipe (override with ``recipe.*=...``)."""
+    return {
+        "benchmark": {"name": name, "title": f"{name}: generated sounds (aum.synth), 7 classes", "num_classes":
+                      N_CLASSES, "multi_label": False, "metric": "accuracy", "target_frames": int(frames),
+                      "preset": "audioset", "splits": ["train", "test"], "folds": 0, "valid_fraction": 0.25,
+                      "valid_stratify": True, "source": "slurm.data.make_synth_benchmark"},
+        "recipe": {"official": False, "epochs": 1, "lr": 1.0e-4, "batch_size": 4, "schedule": "constant",
+                   "loss": "ce", "notes": "smoke-test recipe for generated benchmarks"},
+    }
+
+
+def make_synth_benchmark(folder, name: str, clips: int = 28, duration: float = 1.0, seed: int = 0,
+                         folds: int = 4, frames: int = 128) -> Path:
     """Write (or keep, when already written with the same settings) a generated benchmark in ``folder``;
     returns the path of its ``manifest.csv``."""
-    if clips < N_CLASSES * 2 or folds < 2:
-        raise ValueError(f"a generated benchmark needs clips >= {2 * N_CLASSES} and folds >= 2 "
+    if clips < N_CLASSES * 2 or folds < 2 or clips < N_CLASSES * folds:
+        raise ValueError(f"a generated benchmark needs folds >= 2 and clips >= 7 * max(2, folds) "
                          f"(got clips={clips}, folds={folds})")
     folder = Path(folder)
     manifest, stamp = folder / "manifest.csv", folder / "generate.json"
-    settings = {"clips": int(clips), "duration": float(duration), "seed": int(seed), "folds": int(folds)}
+    settings = {"name": name, "clips": int(clips), "duration": float(duration), "seed": int(seed),
+                "folds": int(folds), "frames": int(frames)}
     if manifest.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == settings:
         return manifest
     rows = write_clips(folder / "audio", clips, duration=duration, seed=seed, labelled=True)
@@ -39,6 +58,8 @@ def make_synth_benchmark(folder, clips: int = 28, duration: float = 1.0, seed: i
         for i, row in enumerate(rows):
             fold = (i // N_CLASSES) % folds + 1
             writer.writerow([f"audio/{row['filename']}", row["label"], "test" if fold == folds else "train", fold])
+    (folder / "classes.txt").write_text("".join(f"{c}\n" for c in sorted(SOUND_NAMES)))
+    OmegaConf.save(OmegaConf.create(synth_benchmark_file(name, frames)), folder / "benchmark.yaml")
     tmp.replace(manifest)
     stamp.write_text(json.dumps(settings))
     return manifest

@@ -14,11 +14,14 @@ skip it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -66,6 +69,47 @@ def is_done(job: dict) -> bool:
         records = done.get("records") or []
         return bool(records) and all(Path(r).is_file() for r in records)
     return True
+
+
+STOP_SIGNALS = {int(signal.SIGTERM), int(signal.SIGUSR1), int(PREEMPT_SIGNAL)}
+
+
+@contextlib.contextmanager
+def _signals_seen():
+    """The set of signal numbers delivered to this process (to any Python handler) inside the block, through
+    ``signal.set_wakeup_fd``: it sees a SIGTERM that the training engine's own handler consumed."""
+    seen: set[int] = set()
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    try:
+        yield seen
+    finally:
+        signal.set_wakeup_fd(previous)
+        with contextlib.suppress(BlockingIOError):
+            seen.update(os.read(read_fd, 4096))
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def _collect_records(job: dict) -> list[str]:
+    """The job's result records in ``records_dir``; a kind that writes them under its ``out_dir`` (fine-tuning)
+    has them copied there first."""
+    if not job.get("records_dir"):
+        return []
+    sub = KINDS[job["kind"]].records_subdir
+    if sub:
+        source, target = Path(job["out_dir"]) / sub, Path(job["records_dir"])
+        target.mkdir(parents=True, exist_ok=True)
+        for path in records_in(source):
+            dest = target / Path(path).relative_to(source)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dest)
+    return records_in(job["records_dir"])
 
 
 class _SignalBridge:
@@ -150,22 +194,26 @@ class SweepJob(submitit.helpers.Checkpointable):
         bridge = _SignalBridge()
         bridge.install()
         try:
-            result = entry_point(kind)(list(job["argv"]))
+            with _signals_seen() as seen:
+                result = entry_point(kind)(list(job["argv"]))
         finally:
             bridge.uninstall()
-        stopped = isinstance(result, dict) and result.get("stopped_by") == "signal"
+        if isinstance(result, dict) and "stopped_by" in result:
+            stopped = result["stopped_by"] == "signal"
+        else:                               # entry points without a summary: any stop signal interrupted them
+            stopped = bool(seen & STOP_SIGNALS)
         if stopped:
             if bridge.received is not None:
                 bridge.hand_over()          # submitit requeues the job and exits
-            raise JobInterrupted(f"{job['name']} stopped by a signal at step {result.get('step')} with checkpoint "
-                                 f"{result.get('checkpoint')}; it resumes from there when it runs again")
+            raise JobInterrupted(f"{job['name']} stopped by a signal ({sorted(seen)}); it resumes from its "
+                                 f"checkpoint when it runs again")
         if isinstance(result, int) and result != 0:
             raise RuntimeError(f"{job['name']}: {KINDS[kind].entry} exited with status {result}")
-        records = records_in(job["records_dir"]) if job.get("records_dir") else []
+        records = _collect_records(job)
         if KINDS[kind].records and not records:
             raise RuntimeError(f"{job['name']} finished but wrote no result record into {job['records_dir']}")
         summary = {k: v for k, v in result.items() if isinstance(v, (str, int, float, bool, type(None)))} \
-            if isinstance(result, dict) else {"status": result}
+            if isinstance(result, dict) else {"status": result if isinstance(result, int) else "ok"}
         if rank == 0:
             _atomic_json(Path(job["out_dir"]) / DONE_FILE, {"name": job["name"], "kind": kind, "summary": summary,
                                                             "records": records, "finished": time.strftime("%FT%T")})

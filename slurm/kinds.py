@@ -34,11 +34,12 @@ class Kind:
     ddp: bool
     produces_encoder: bool = False
     records: bool = False
+    records_subdir: str | None = None    # records written under out_dir/<this>, then copied to records_dir
 
 
 KINDS = {k.name: k for k in (
     Kind("pretrain", "pretrain.run:main", ddp=True, produces_encoder=True),
-    Kind("finetune", "eval.finetune:main", ddp=True, records=True),
+    Kind("finetune", "eval.finetune:main", ddp=True, records=True, records_subdir="records"),
     Kind("probe", "eval.probe:main", ddp=False, records=True),
     Kind("tables", "eval.results:main", ddp=False),
 )}
@@ -85,14 +86,31 @@ def _yaml_value(value) -> str:
     return str(value)
 
 
+FINETUNE_INITS = {"scratch": "scratch", "imagenet": "imagenet", "ssl": "ssl", "official": "aum"}
+
+
 def eval_argv(kind: str, benchmark: str, manifest: str, encoder: dict, seed: int, args: dict,
               records_dir: str, out_dir: str, cache_dir: str) -> list[str]:
-    """Words for ``python -m eval.probe`` / ``python -m eval.finetune``.
+    """Words for ``python -m eval.probe`` (flags, records straight into ``records_dir``) or ``python -m
+    eval.finetune`` (``key=value``; it works in ``out_dir`` and writes its records into ``out_dir/records``).
 
+    ``benchmark`` is the probe's benchmark name or the fine-tuning benchmark file / registered name;
     ``encoder`` is ``{"init", "model", "checkpoint"}`` (a file) or ``{"init": "scratch", "model", "preset",
-    "depth"}`` (random weights); ``args`` are extra flags (:func:`flags`), the benchmark's first.
+    "depth"}`` (random weights); ``args`` are the stage's extra flags (probe) or config keys (finetune).
     """
     words = [benchmark, manifest]
+    if kind == "finetune":
+        words += ["--init", FINETUNE_INITS[encoder["init"]]]
+        if encoder.get("checkpoint"):
+            words.append(str(encoder["checkpoint"]))
+        else:
+            words.append(f"model.preset={encoder['preset']}")
+            if encoder.get("depth"):
+                words.append(f"model.depth={encoder['depth']}")
+        extra = {"run.out": out_dir, "run.seed": seed, **args}
+        if _finetune_takes("model_name"):
+            extra.setdefault("run.model_name", encoder["model"])
+        return words + [f"{k}={_yaml_value(v)}" for k, v in extra.items()]
     if encoder.get("checkpoint"):
         words += ["--checkpoint", str(encoder["checkpoint"]), "--init", encoder["init"]]
     else:
@@ -100,10 +118,17 @@ def eval_argv(kind: str, benchmark: str, manifest: str, encoder: dict, seed: int
         if encoder.get("depth"):
             words += ["--depth", str(encoder["depth"])]
     words += ["--seed", str(seed), "--model-name", encoder["model"], "--out", records_dir]
-    extra = dict(args)
-    if kind == "probe":
-        extra.setdefault("cache", cache_dir)
-    return words + flags(extra)
+    return words + flags({"cache": cache_dir, **args})
+
+
+def _finetune_takes(key: str) -> bool:
+    """Whether ``eval.finetune``'s ``run`` section has ``key`` (newer versions name the model in records)."""
+    try:
+        import dataclasses
+        from eval.finetune import RunSpec
+        return key in {f.name for f in dataclasses.fields(RunSpec)}
+    except ImportError:
+        return False
 
 
 def tables_argv(records_dir: str, tables_dir: str) -> list[str]:
@@ -123,6 +148,9 @@ def check_argv(kind: str, argv: list[str], what: str) -> None:
         except (ValueError, FileNotFoundError) as e:
             raise ValueError(f"{what}: {e}") from None
         return
+    if kind == "finetune":
+        _check_finetune(argv, what)
+        return
     module_name = KINDS[kind].entry.partition(":")[0]
     try:
         module = importlib.import_module(module_name)
@@ -138,6 +166,20 @@ def check_argv(kind: str, argv: list[str], what: str) -> None:
     except SystemExit:
         msg = err.getvalue().strip().splitlines()
         raise ValueError(f"{what}: {module_name} rejects its arguments: {msg[-1] if msg else argv}") from None
+
+
+def _check_finetune(argv: list[str], what: str) -> None:
+    try:
+        from eval.finetune import load_finetune_config, parse_args
+    except ImportError:
+        return
+    try:
+        benchmark, _, _, _, overrides = parse_args(argv)
+        load_finetune_config(benchmark, overrides)
+    except SystemExit as e:
+        raise ValueError(f"{what}: eval.finetune rejects its arguments: {e}") from None
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise ValueError(f"{what}: {e}") from None
 
 
 def records_in(folder: str | Path) -> list[str]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import submitit
 from omegaconf import OmegaConf
 
-from slurm.data import make_synth_benchmark
+from slurm.data import make_synth_benchmark, synth_benchmark_file
 from slurm.jobs import SweepJob, is_done, read_done
 from slurm.kinds import check_argv
 from slurm.resources import ResourceError, check_local, check_partition, partition_info, slurm_available, \
@@ -44,11 +45,19 @@ def check_sweep(sweep: Sweep, executor: str) -> None:
     """Everything that can be checked before submission: each job's argv parses with its entry point's parser,
     and its resources fit the partition (SLURM) or this machine (local). Raises :class:`SweepError`."""
     partitions: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        stand_in = {}       # generated benchmarks' files are written at submission: check against a copy
+        for name, b in sweep.benchmarks.items():
+            if "generate" in b and not Path(b["recipe"]).is_file():
+                stand_in[b["recipe"]] = str(Path(tmp) / f"{name}.yaml")
+                OmegaConf.save(OmegaConf.create(synth_benchmark_file(name, b["generate"].get("frames", 128))),
+                               stand_in[b["recipe"]])
+        for job in sweep.jobs:
+            try:
+                check_argv(job.kind, [stand_in.get(w, w) for w in job.argv], job.name)
+            except ValueError as e:
+                raise SweepError(str(e)) from None
     for job in sweep.jobs:
-        try:
-            check_argv(job.kind, job.argv, job.name)
-        except ValueError as e:
-            raise SweepError(str(e)) from None
         try:
             if executor == "slurm":
                 if job.resources.partition not in partitions:
@@ -107,7 +116,7 @@ def submit_sweep(sweep: Sweep, executor: str = "auto", dry_run: bool = False, sa
     root.mkdir(parents=True, exist_ok=True)
     for name, b in sweep.benchmarks.items():
         if "generate" in b:
-            make_synth_benchmark(Path(b["manifest"]).parent, **b["generate"])
+            make_synth_benchmark(Path(b["manifest"]).parent, name, **b["generate"])
     OmegaConf.save(OmegaConf.create(sweep.config), root / "sweep.yaml")
     try:
         old = read_state(root)["jobs"]
@@ -116,7 +125,7 @@ def submit_sweep(sweep: Sweep, executor: str = "auto", dry_run: bool = False, sa
     state = {"name": sweep.name, "source": sweep.source, "executor": cluster, "submitted": time.strftime("%FT%T"),
              "jobs": {n: {"spec": s, "status": "done" if n not in todo else "pending", "job_id": None, "log": None}
                       for n, s in specs.items()}}
-    for name in done:
+    for name in set(specs) - set(todo):
         if name in old:
             state["jobs"][name].update(job_id=old[name].get("job_id"), log=old[name].get("log"))
     if cluster == "slurm":

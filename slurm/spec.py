@@ -10,8 +10,8 @@ A sweep file (OmegaConf YAML; ``key=value`` overrides on the command line) holds
       default: {partition: gpu, time_min: 240, account: myproj}
       pretrain: {gpus_per_node: 4, nodes: 2}
     benchmarks:                     # what eval stages may name
-      esc50: {manifest: data/esc50/manifest.jsonl, probe_args: {folds: 5}}
-      synth_a: {generate: {clips: 28, duration: 1.0, seed: 0}, args: {frames: 128}}
+      esc50: {manifest: prep/esc50/manifest.jsonl, recipe: esc50}     # recipe: registered name or YAML
+      synth_a: {generate: {clips: 28, duration: 1.0, seed: 0, frames: 128}, finetune_args: {recipe.epochs: 2}}
     inits:                          # initialisations besides the encoders stages produce
       scratch: {preset: tiny, depth: 2}
       imagenet: {checkpoint: weights/vim_t_midclstok.pth, model: tiny}
@@ -26,7 +26,7 @@ A sweep file (OmegaConf YAML; ``key=value`` overrides on the command line) holds
         encoders: [pretrain, scratch, imagenet]
         benchmarks: [esc50, synth_a]
         seeds: [0, 1, 2]
-        args: {embedding: mean}
+        args: {embedding: mean}     # probe: its flags; finetune: its key=value settings (run.*, recipe.*)
         grid: {layer: [6, 12]}      # optional: more axes
         after: []                   # optional: stages to wait for without using their output
         resources: {time_min: 60}
@@ -55,7 +55,7 @@ __all__ = ["SweepError", "JobSpec", "Sweep", "load_sweep", "stage_order"]
 
 TOP_KEYS = ("name", "out_dir", "executor", "local_parallel", "resources", "benchmarks", "inits", "stages", "tables")
 STAGE_KEYS = ("kind", "config", "args", "grid", "encoders", "benchmarks", "seeds", "after", "resources")
-BENCH_KEYS = ("manifest", "generate", "args", "probe_args", "finetune_args")
+BENCH_KEYS = ("manifest", "generate", "recipe", "probe_args", "finetune_args")
 INIT_KEYS = ("init", "checkpoint", "preset", "depth", "model")
 EXECUTORS = ("auto", "slurm", "local")
 
@@ -194,14 +194,18 @@ def _benchmarks(raw: dict, out_dir: Path) -> dict:
         b = _check_keys(b, BENCH_KEYS, f"benchmarks.{name}")
         if ("manifest" in b) == ("generate" in b):
             raise SweepError(f"benchmarks.{name}: give exactly one of manifest (a file or dataset folder) "
-                             f"or generate (clips, duration, seed, folds)")
-        entry = {"args": _flatten(b.get("args")), "probe_args": _flatten(b.get("probe_args")),
-                 "finetune_args": _flatten(b.get("finetune_args"))}
+                             f"or generate ({', '.join(GENERATE_KEYS)})")
+        entry = {"probe_args": _flatten(b.get("probe_args")), "finetune_args": _flatten(b.get("finetune_args"))}
         if "generate" in b:
-            entry["generate"] = dict(_check_keys(b["generate"] or {}, GENERATE_KEYS, f"benchmarks.{name}.generate"))
-            entry["manifest"] = str(out_dir / "data" / name / "manifest.csv")
+            gen = dict(_check_keys(b["generate"] or {}, GENERATE_KEYS, f"benchmarks.{name}.generate"))
+            folder = out_dir / "data" / name
+            entry.update(generate=gen, manifest=str(folder / "manifest.csv"), recipe=str(folder / "benchmark.yaml"))
+            entry["probe_args"] = {"frames": gen.get("frames", 128), "folds": 0, **entry["probe_args"]}
         else:
             entry["manifest"] = _path(b["manifest"], f"benchmarks.{name}.manifest")
+            recipe = str(b.get("recipe") or name)
+            entry["recipe"] = _path(recipe, f"benchmarks.{name}.recipe") if recipe.endswith((".yaml", ".yml")) \
+                else recipe
         out[name] = entry
     return out
 
@@ -326,10 +330,10 @@ def load_sweep(path, overrides=(), out_dir: str | None = None) -> Sweep:
             b = benchmarks[bench]
             label = f"{bench}-seed{seed}" + (f"-{_label(point)}" if point else "")
             out, rec = root / sname / enc["label"] / label, root / "records" / sname / enc["label"] / label
-            extra = {**b["args"], **b[f"{kind}_args"], **args, **point}
+            extra = {**b[f"{kind}_args"], **args, **point}
             job = JobSpec(f"{sname}/{enc['label']}/{label}", sname, kind,
-                          eval_argv(kind, bench, b["manifest"], enc, int(seed), extra, str(rec), str(out),
-                                    str(root / "cache")), str(out), None,
+                          eval_argv(kind, bench if kind == "probe" else b["recipe"], b["manifest"], enc, int(seed),
+                                    extra, str(rec), str(out), str(root / "cache")), str(out), None,
                           list(after) + ([enc["job"]] if enc.get("job") else []), records_dir=str(rec),
                           info={"encoder": enc["label"], "init": enc["init"], "benchmark": bench, "seed": seed,
                                 **point})
