@@ -190,7 +190,9 @@ def run_one(cfg: FinetuneConfig, entries, classes, init: str, path: str | None, 
     if len(splits["train"]) < r.batch_size:
         raise ValueError(f"{b.name}: {len(splits['train'])} training clips are fewer than one batch ({r.batch_size})")
     steps_per_epoch = max(1, (len(splits["train"]) // world // micro) // run.grad_accum)
-    model, report = build_model(cfg, init, path)
+    with torch.random.fork_rng(devices=[]):                  # the fresh weights (head, or all) depend on the seed only
+        torch.manual_seed(run.seed)
+        model, report = build_model(cfg, init, path)
     bad_log = out_dir / "bad_files.jsonl"
     ds = {k: FinetuneDataset(v, classes, b, r if k == "train" else None, run.seed, bad_log) for k, v in splits.items()}
     if r.sampling == "balanced":

@@ -206,6 +206,8 @@ def test_finetune_end_to_end_selects_on_valid_and_resumes(task, tmp_path, monkey
     assert again.extra["resumed"] and again.extra["best_step"] == ref.extra["best_step"]
     assert again.value == pytest.approx(ref.value)
     assert [e["valid_accuracy"] for e in _evals(tmp_path / "x")] == pytest.approx(scores, abs=1e-6)
+    assert [e["valid_loss"] for e in _evals(tmp_path / "x")] == pytest.approx([e["valid_loss"] for e in evals],
+                                                                                rel=1e-5)   # same trajectory
 
 
 def test_finetune_from_a_checkpoint_on_one_fold(task, tmp_path):
