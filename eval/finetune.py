@@ -72,6 +72,7 @@ class RunSpec:
     out: str = ""
     seed: int = 0
     fold: str = "all"
+    model_name: str = ""             # the record's model name; "" = tiny/small/base[-d<depth>] from the width
     classes: str = ""
     device: str = "auto"
     precision: str = "auto"
@@ -234,7 +235,8 @@ def run_one(cfg: FinetuneConfig, entries, classes, init: str, path: str | None, 
         "benchmark": b.name, "fold": fold, "step": best["step"], "classes": classes})
     bad = format_bad_file_report(bad_log) if bad_log.exists() else "bad audio files: none"
     rec = ResultRecord(
-        benchmark=b.name, mode="finetune", init=INITS[init][0], model=model_name(trainer.module.config.to_dict()),
+        benchmark=b.name, mode="finetune", init=INITS[init][0],
+        model=run.model_name or model_name(trainer.module.config.to_dict()),
         metric=b.metric, value=float(test[f"test_{b.metric}"]), seed=run.seed, fold=fold, checkpoint=str(ckpt),
         config=OmegaConf.to_container(OmegaConf.structured(cfg)),
         extra={"init_kind": init, "init_path": path, "load_notes": list(report.notes) if report else [],

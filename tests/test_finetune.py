@@ -224,8 +224,8 @@ def test_finetune_from_a_checkpoint_on_one_fold(task, tmp_path):
     from aum.models import create_model
     save_checkpoint(create_model("tiny", depth=2, num_classes=3, target_frames=128), encoder)
     rec = ft.run([str(tmp_path / "k.yaml"), str(tmp_path / "prep" / "manifest.jsonl"), "--init", "ssl", str(encoder),
-                   *FAST, "run.fold=4", "run.max_steps=3", f"run.out={tmp_path / 'o'}"])[0]
-    assert rec.fold == 4 and rec.init == "ssl" and rec.extra["n_test"] == 11
+                   *FAST, "run.fold=4", "run.max_steps=3", f"run.out={tmp_path / 'o'}", "run.model_name=ssast-tiny"])[0]
+    assert rec.fold == 4 and rec.init == "ssl" and rec.extra["n_test"] == 11 and rec.model == "ssast-tiny"
     assert any("position embedding resized" in n for n in rec.extra["load_notes"])
     assert any("head of 3 classes dropped" in n for n in rec.extra["load_notes"])
     assert (tmp_path / "o" / "fold4" / "best.safetensors").is_file()
