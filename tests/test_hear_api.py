@@ -67,6 +67,14 @@ def test_api_outputs_follow_the_rules(model, seconds):
     assert bool(torch.isfinite(scene).all())
 
 
+def test_long_audio_is_windowed_with_seamless_timestamps(model):
+    audio = torch.rand(1, 16000 * 45 + 123) * 2 - 1          # 45 s: several 1024-frame windows
+    emb, ts = hear_api.get_timestamp_embeddings(audio, model)
+    assert check_timestamp_output(emb, ts, 1, audio.shape[1] / 16000, 192) == []
+    assert ts.shape[1] == 45000 // 40 + 1 and float(ts[0, -1]) == 45000.0
+    assert bool(torch.isfinite(emb).all())
+
+
 def test_batching_does_not_mix_clips(model):
     audio = torch.rand(3, 24000) * 2 - 1
     emb, _ = hear_api.get_timestamp_embeddings(audio, model)
