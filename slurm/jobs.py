@@ -112,6 +112,18 @@ def _collect_records(job: dict) -> list[str]:
     return records_in(job["records_dir"])
 
 
+def _engine_handler():
+    """``(signal, handler)`` of a running training loop's stop handler (SIGUSR1, else SIGTERM), or ``None`` when
+    only the defaults or submitit's own handlers are installed."""
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        owner = getattr(handler, "__self__", None)
+        if callable(handler) and not isinstance(owner, _SignalBridge) \
+                and not type(owner).__module__.startswith("submitit"):
+            return sig, handler
+    return None
+
+
 class _SignalBridge:
     """Routes submitit's pre-emption signal to the training engine while one runs (see the module docstring)."""
 
@@ -120,18 +132,20 @@ class _SignalBridge:
         self.previous = None
 
     def install(self) -> None:
+        """Take over the pre-emption signal (keeping submitit's handler for :meth:`hand_over`)."""
         self.previous = signal.getsignal(PREEMPT_SIGNAL)
         signal.signal(PREEMPT_SIGNAL, self._handle)
 
     def uninstall(self) -> None:
+        """Give the pre-emption signal back to submitit's handler."""
         if self.previous is not None:
             signal.signal(PREEMPT_SIGNAL, self.previous)
 
     def _handle(self, signum, frame) -> None:
         self.received = signum
-        engine = signal.getsignal(signal.SIGUSR1)
-        if callable(engine):
-            engine(signal.SIGUSR1, frame)      # the engine stops after this step, with a checkpoint
+        engine = _engine_handler()
+        if engine is not None:
+            engine[1](engine[0], frame)         # the engine stops after this step, with a checkpoint
         else:
             self.hand_over(frame)               # nothing to save: requeue now
 
@@ -180,10 +194,10 @@ class SweepJob(submitit.helpers.Checkpointable):
         job, kind = self.job, self.job["kind"]
         env = self._environment()
         rank = env.global_rank if env else 0
-        if env is not None:
+        if env is not None:             # a job process of its own: use the CPUs it asked for
             _local_ddp_env(env)
-        import torch
-        torch.set_num_threads(max(1, int(job["resources"]["cpus_per_task"])))
+            import torch
+            torch.set_num_threads(max(1, int(job["resources"]["cpus_per_task"])))
         if kind != "tables" and is_done(job):
             print(f"{job['name']}: already done ({Path(job['out_dir']) / DONE_FILE})", flush=True)
             return {"name": job["name"], "skipped": True}

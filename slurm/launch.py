@@ -88,9 +88,12 @@ def _active_slurm_ids() -> set[str]:
     return set(squeue_states())
 
 
-def _executor(folder: Path, cluster: str, params: dict) -> submitit.AutoExecutor:
-    ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    ex.update_parameters(**params)
+def _executor(folder: Path, cluster: str, job, sweep_name: str, dependency: str | None = None) \
+        -> submitit.AutoExecutor:
+    """A fresh executor (parameters do not leak between jobs) set up for ``job`` (a JobSpec)."""
+    ex = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=job.resources.max_timeouts,
+                               local_max_num_timeout=job.resources.max_timeouts)
+    ex.update_parameters(**submitit_parameters(job.resources, job.ddp, f"{sweep_name}:{job.name}"[:120], dependency))
     return ex
 
 
@@ -149,16 +152,11 @@ def _submit_slurm(sweep: Sweep, state: dict, todo: list, old: dict, root: Path, 
         deps = [jobs[d]["job_id"] for d in spec["depends_on"] if jobs[d]["status"] != "done"]
         if any(d is None for d in deps):
             raise SweepError(f"{name}: a dependency has no job id (internal error)")
-        params = submitit_parameters(sweep.job(name).resources, sweep.job(name).ddp, _job_name(sweep, name),
-                                     "afterok:" + ":".join(deps) if deps else None)
-        sjob = _executor(root / "logs", "slurm", params).submit(SweepJob(spec))
+        sjob = _executor(root / "logs", "slurm", sweep.job(name), sweep.name,
+                         "afterok:" + ":".join(deps) if deps else None).submit(SweepJob(spec))
         entry.update(status="submitted", job_id=sjob.job_id, log=str(sjob.paths.stdout), executor="slurm")
         _write_state(root, state)
         say(f"  {name}: job {sjob.job_id}" + (f" after {','.join(deps)}" if deps else ""))
-
-
-def _job_name(sweep: Sweep, name: str) -> str:
-    return f"{sweep.name}:{name}"[:120]
 
 
 def _run_local(sweep: Sweep, state: dict, todo: list, root: Path, say) -> None:
@@ -169,7 +167,7 @@ def _run_local(sweep: Sweep, state: dict, todo: list, root: Path, say) -> None:
                 continue
             del running[name]
             try:
-                sjob.result()
+                sjob.results()          # every task; raises the first error
                 ok = is_done(jobs[name]["spec"]) or jobs[name]["spec"]["kind"] == "tables"
                 jobs[name]["status"] = "done" if ok else "failed"
             except Exception as e:  # noqa: BLE001 - the job's own error, reported and kept going
@@ -186,8 +184,7 @@ def _run_local(sweep: Sweep, state: dict, todo: list, root: Path, say) -> None:
                 say(f"  {name}: cancelled (a dependency failed)")
             elif all(s == "done" for s in deps):
                 spec = jobs[name]["spec"]
-                params = submitit_parameters(sweep.job(name).resources, sweep.job(name).ddp, _job_name(sweep, name))
-                sjob = _executor(root / "logs", "local", params).submit(SweepJob(spec))
+                sjob = _executor(root / "logs", "local", sweep.job(name), sweep.name).submit(SweepJob(spec))
                 running[name] = sjob
                 waiting.remove(name)
                 jobs[name].update(status="running", job_id=sjob.job_id, log=str(sjob.paths.stdout), executor="local")

@@ -23,8 +23,10 @@ class ResourceError(ValueError):
 @dataclass
 class Resources:
     """One job's request. ``tasks_per_node`` ``None`` means one task per GPU for DDP kinds, else 1;
-    ``setup`` lines run in the batch script before the job (``module load ...``); ``additional`` holds extra
-    ``#SBATCH`` options (``{"exclusive": True}``)."""
+    ``signal_delay_s``: how long before the time limit SLURM sends the checkpoint-and-requeue signal;
+    ``max_timeouts``: how many time-limit requeues a job gets (pre-emptions do not count); ``setup`` lines run
+    in the batch script before the job (``module load ...``); ``additional`` holds extra ``#SBATCH`` options
+    (``{"exclusive": True}``)."""
 
     partition: str | None = None
     time_min: int = 60
@@ -37,6 +39,7 @@ class Resources:
     account: str | None = None
     qos: str | None = None
     signal_delay_s: int = 90
+    max_timeouts: int = 3
     setup: list = field(default_factory=list)
     additional: dict = field(default_factory=dict)
 
@@ -69,7 +72,7 @@ def resolve_resources(kind: str, *layers: dict | None) -> Resources:
     if isinstance(values.get("time_min"), str):
         values["time_min"] = parse_slurm_time(values["time_min"])
     res = Resources(**values)
-    for name in ("time_min", "nodes", "cpus_per_task"):
+    for name in ("time_min", "nodes", "cpus_per_task", "signal_delay_s", "max_timeouts"):
         if not isinstance(getattr(res, name), int) or getattr(res, name) < 1:
             raise ResourceError(f"resource {name} must be a positive integer, got {getattr(res, name)!r}")
     if not isinstance(res.gpus_per_node, int) or res.gpus_per_node < 0:

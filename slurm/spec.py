@@ -48,7 +48,7 @@ from omegaconf import OmegaConf
 
 from eval.records import INITS
 from slurm.data import GENERATE_KEYS
-from slurm.kinds import EVAL_KINDS, KINDS, eval_argv, pretrain_argv, tables_argv
+from slurm.kinds import KINDS, eval_argv, pretrain_argv, tables_argv
 from slurm.resources import Resources, ResourceError, resolve_resources
 
 __all__ = ["SweepError", "JobSpec", "Sweep", "load_sweep", "stage_order"]

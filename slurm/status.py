@@ -11,7 +11,7 @@ from pathlib import Path
 from slurm.jobs import JOB_FILE, is_done, read_done
 from slurm.kinds import entry_point
 
-__all__ = ["squeue_states", "scontrol_state", "job_states", "format_status", "build_tables", "wait_sweep",
+__all__ = ["squeue_states", "scontrol_state", "last_error", "job_states", "format_status", "build_tables", "wait_sweep",
            "TERMINAL"]
 
 TERMINAL = ("DONE", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
@@ -59,6 +59,22 @@ def _result_state(log: str | None) -> str | None:
     return "COMPLETED" if outcome == "success" else "FAILED"
 
 
+def last_error(log: str | None) -> str:
+    """The last exception line (``SomeError: message``) of a job's stderr log next to ``log``, or ``""``."""
+    if not log:
+        return ""
+    try:
+        with open(log.replace("_log.out", "_log.err"), "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 20000))
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    pattern = re.compile(r"^(?:\[rank\d+\]:\s*)?([\w.]+(?:Error|Exception|Interrupted|Exit)\b:?.*)$")
+    hits = [m.group(1) for m in map(pattern.match, lines) if m]
+    return hits[-1][:300] if hits else ""
+
+
 def _pid_alive(pid) -> bool:
     try:
         os.kill(int(pid), 0)
@@ -89,6 +105,8 @@ def job_states(state: dict) -> dict[str, dict]:
             st = _result_state(log) or {"cancelled": "CANCELLED", "failed": "FAILED"}.get(entry.get("status"), "LOST")
         if st == "COMPLETED":           # the job ended, yet its done marker is missing
             st, reason = "FAILED", reason or "ended without its done marker"
+        if st in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL") and not reason:
+            reason = last_error(log)
         starts = _starts(spec)
         out[name] = {"state": st, "job_id": jid, "log": log, "reason": reason, "kind": spec["kind"],
                      "starts": starts}

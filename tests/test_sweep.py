@@ -1,9 +1,10 @@
 """aum-sweep against a REAL SLURM cluster (slurm/local_cluster.sh) and against submitit's local executor.
 
-The end-to-end test submits a tiny sweep (tiny encoder, generated data, two benchmarks, two seeds: pretrain ->
-probe + fine-tune -> tables), interrupts the running pretraining job once it has a checkpoint (SLURM: ``scontrol
-requeue``; local: submitit's pre-emption signal USR2) and checks that it resumed from that checkpoint, that every
-record and the tables exist, and that re-submitting the finished sweep runs nothing. The SLURM variants skip when
+The end-to-end test submits a tiny sweep (tiny encoder, generated data, two benchmarks, two seeds: pretrain with
+DDP over two tasks -> probe + fine-tune -> tables), interrupts the running pretraining job once it has a
+checkpoint (SLURM: ``scontrol requeue``; local: submitit's pre-emption signal USR2 to rank 0) and checks that it
+resumed from that checkpoint, that every record and the tables exist, and that re-submitting the finished sweep
+runs nothing. The SLURM variants skip when
 sbatch/sinfo are missing or slurmctld does not answer; the local ones always run.
 """
 from __future__ import annotations
@@ -52,6 +53,7 @@ stages:
             engine.max_steps: {PRETRAIN_STEPS}, engine.batch_size: 2, engine.warmup_steps: 1, engine.ckpt_every: 2,
             engine.keep_last: 0, engine.log_every: 1, engine.image_every: 0}}
     grid: {{objective.name: [ssast]}}
+    resources: {{tasks_per_node: 2}}      # DDP over two CPU processes (one per GPU on a GPU node)
   probe:
     kind: probe
     encoders: [pretrain, scratch]
@@ -144,7 +146,7 @@ def test_argument_typos_fail_before_submission(tmp_path, replace, message):
 
 
 def test_local_executor_refuses_what_one_machine_cannot_do(tmp_path):
-    sweep = load(tmp_path, **{"engine.image_every: 0}": "engine.image_every: 0}\n    resources: {nodes: 2}"})
+    sweep = load(tmp_path, **{"resources: {tasks_per_node: 2}": "resources: {tasks_per_node: 2, nodes: 2}"})
     with pytest.raises(SweepError, match="local executor runs on one node"):
         submit_sweep(sweep, "local")
     assert not (tmp_path / "out").exists()
@@ -152,15 +154,15 @@ def test_local_executor_refuses_what_one_machine_cannot_do(tmp_path):
 
 @pytest.mark.skipif(not HAVE_SLURM, reason=NO_SLURM)
 @pytest.mark.parametrize("resources,message", [
-    ("{cpus_per_task: 4096}", "cannot satisfy"),
-    ("{mem_gb: 100000}", "cannot satisfy"),
-    ("{gpus_per_node: 8}", "cannot satisfy"),
-    ("{constraint: a100}", "cannot satisfy"),
-    ("{partition: no_such_partition}", "does not exist"),
+    ("cpus_per_task: 4096", "cannot satisfy"),
+    ("mem_gb: 100000", "cannot satisfy"),
+    ("gpus_per_node: 8", "cannot satisfy"),
+    ("constraint: a100", "cannot satisfy"),
+    ("partition: no_such_partition", "does not exist"),
 ])
 def test_resources_the_partition_cannot_satisfy_fail_before_submission(tmp_path, resources, message):
     before = set(squeue_states())
-    sweep = load(tmp_path, **{"engine.image_every: 0}": f"engine.image_every: 0}}\n    resources: {resources}"})
+    sweep = load(tmp_path, **{"resources: {tasks_per_node: 2}": f"resources: {{tasks_per_node: 2, {resources}}}"})
     with pytest.raises(SweepError, match=message):
         submit_sweep(sweep, "slurm")
     _assert_nothing_submitted(tmp_path, before)
@@ -184,6 +186,48 @@ def test_generated_benchmark_is_balanced_and_loads_for_finetuning(tmp_path):
     stamp = (tmp_path / "b" / "manifest.csv").stat().st_mtime_ns
     make_synth_benchmark(tmp_path / "b", "synth_x", clips=28, duration=0.5, seed=3, folds=4)
     assert (tmp_path / "b" / "manifest.csv").stat().st_mtime_ns == stamp      # same settings: kept
+
+
+def test_without_slurm_the_local_executor_is_chosen(monkeypatch, tmp_path):
+    from slurm.launch import choose_executor
+    monkeypatch.setenv("PATH", str(tmp_path))            # no sbatch, sinfo or srun
+    assert choose_executor("auto") == "local"
+    with pytest.raises(SweepError, match="SLURM is not available"):
+        choose_executor("slurm")
+
+
+def test_preemption_signal_reaches_the_running_engine():
+    from slurm.jobs import PREEMPT_SIGNAL, _SignalBridge
+    got = []
+
+    class Engine:
+        def stop(self, signum, frame):
+            got.append(signum)
+
+    old_usr1 = signal.signal(signal.SIGUSR1, Engine().stop)
+    bridge = _SignalBridge()
+    bridge.install()
+    try:
+        os.kill(os.getpid(), PREEMPT_SIGNAL)
+        time.sleep(0.05)
+    finally:
+        bridge.uninstall()
+        signal.signal(signal.SIGUSR1, old_usr1)
+    assert got == [signal.SIGUSR1] and bridge.received == PREEMPT_SIGNAL
+
+
+def test_job_callable_writes_its_done_marker_and_skips_when_done(tmp_path):
+    import dataclasses
+    from slurm.jobs import SweepJob, is_done
+    sweep = load(tmp_path, **{f"engine.max_steps: {PRETRAIN_STEPS}": "engine.max_steps: 2"})
+    spec = dataclasses.asdict(sweep.job("pretrain/ssast"))
+    assert not is_done(spec)
+    result = SweepJob(spec)()              # in-process, outside submitit: a world of one
+    assert result["summary"]["stopped_by"] == "done" and is_done(spec)
+    assert json.loads((Path(spec["out_dir"]) / "done.json").read_text())["kind"] == "pretrain"
+    assert SweepJob(spec)() == {"name": "pretrain/ssast", "skipped": True}
+    Path(spec["encoder"]).unlink()
+    assert not is_done(spec)               # its product is gone: it runs again
 
 
 # ------------------------------------------------------------------------------------------- end to end
@@ -253,6 +297,7 @@ def test_sweep_end_to_end_with_requeue_and_resubmission(tmp_path, executor):
     steps = [json.loads(line)["step"] for line in (pre / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, PRETRAIN_STEPS + 1))
     assert (pre / "encoder.safetensors").is_file()
+    assert len(re.findall(r"training \S+ parameters on 2 x cpu", log_text)) == 2     # both runs: DDP, 2 ranks
 
     # every record, and the tables built from them
     records = read_records(out / "records")
