@@ -223,14 +223,15 @@ class SweepJob(submitit.helpers.Checkpointable):
                                  f"checkpoint when it runs again")
         if isinstance(result, int) and result != 0:
             raise RuntimeError(f"{job['name']}: {KINDS[kind].entry} exited with status {result}")
+        if rank != 0:                       # rank 0 writes the records and the done marker
+            return {"name": job["name"], "rank": rank}
         records = _collect_records(job)
         if KINDS[kind].records and not records:
             raise RuntimeError(f"{job['name']} finished but wrote no result record into {job['records_dir']}")
         summary = {k: v for k, v in result.items() if isinstance(v, (str, int, float, bool, type(None)))} \
             if isinstance(result, dict) else {"status": result if isinstance(result, int) else "ok"}
-        if rank == 0:
-            _atomic_json(Path(job["out_dir"]) / DONE_FILE, {"name": job["name"], "kind": kind, "summary": summary,
-                                                            "records": records, "finished": time.strftime("%FT%T")})
+        _atomic_json(Path(job["out_dir"]) / DONE_FILE, {"name": job["name"], "kind": kind, "summary": summary,
+                                                        "records": records, "finished": time.strftime("%FT%T")})
         return {"name": job["name"], "summary": summary, "records": records}
 
     def checkpoint(self, *args, **kwargs):

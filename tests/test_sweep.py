@@ -34,6 +34,7 @@ NO_SLURM = "no SLURM here (sbatch/sinfo missing or slurmctld not answering): run
 EXECUTORS = [pytest.param("local", id="local"),
              pytest.param("slurm", id="slurm", marks=pytest.mark.skipif(not HAVE_SLURM, reason=NO_SLURM))]
 PRETRAIN_STEPS = 24
+TASKS = 2 if (os.cpu_count() or 1) >= 2 else 1          # DDP ranks of the pretraining job (CPU processes)
 
 TINY = f"""
 name: tiny
@@ -53,7 +54,7 @@ stages:
             engine.max_steps: {PRETRAIN_STEPS}, engine.batch_size: 2, engine.warmup_steps: 1, engine.ckpt_every: 2,
             engine.keep_last: 0, engine.log_every: 1, engine.image_every: 0}}
     grid: {{objective.name: [ssast]}}
-    resources: {{tasks_per_node: 2}}      # DDP over two CPU processes (one per GPU on a GPU node)
+    resources: {{tasks_per_node: {TASKS}}}      # DDP over CPU processes (one per GPU on a GPU node)
   probe:
     kind: probe
     encoders: [pretrain, scratch]
@@ -146,7 +147,7 @@ def test_argument_typos_fail_before_submission(tmp_path, replace, message):
 
 
 def test_local_executor_refuses_what_one_machine_cannot_do(tmp_path):
-    sweep = load(tmp_path, **{"resources: {tasks_per_node: 2}": "resources: {tasks_per_node: 2, nodes: 2}"})
+    sweep = load(tmp_path, **{f"resources: {{tasks_per_node: {TASKS}}}": "resources: {nodes: 2}"})
     with pytest.raises(SweepError, match="local executor runs on one node"):
         submit_sweep(sweep, "local")
     assert not (tmp_path / "out").exists()
@@ -162,7 +163,7 @@ def test_local_executor_refuses_what_one_machine_cannot_do(tmp_path):
 ])
 def test_resources_the_partition_cannot_satisfy_fail_before_submission(tmp_path, resources, message):
     before = set(squeue_states())
-    sweep = load(tmp_path, **{"resources: {tasks_per_node: 2}": f"resources: {{tasks_per_node: 2, {resources}}}"})
+    sweep = load(tmp_path, **{f"resources: {{tasks_per_node: {TASKS}}}": f"resources: {{{resources}}}"})
     with pytest.raises(SweepError, match=message):
         submit_sweep(sweep, "slurm")
     _assert_nothing_submitted(tmp_path, before)
@@ -297,7 +298,7 @@ def test_sweep_end_to_end_with_requeue_and_resubmission(tmp_path, executor):
     steps = [json.loads(line)["step"] for line in (pre / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, PRETRAIN_STEPS + 1))
     assert (pre / "encoder.safetensors").is_file()
-    assert len(re.findall(r"training \S+ parameters on 2 x cpu", log_text)) == 2     # both runs: DDP, 2 ranks
+    assert len(re.findall(rf"training \S+ parameters on {TASKS} x cpu", log_text)) == 2     # both runs, DDP
 
     # every record, and the tables built from them
     records = read_records(out / "records")
@@ -307,6 +308,7 @@ def test_sweep_end_to_end_with_requeue_and_resubmission(tmp_path, executor):
     assert {(r.init, r.model) for r in probes} == {("ssl", "ssast"), ("scratch", "tiny-d2")}
     assert {(r.benchmark, r.seed) for r in probes} == {(b, s) for b in ("synth_a", "synth_b") for s in (0, 1)}
     assert {(r.benchmark, r.init) for r in finetunes} == {("synth_a", "ssl"), ("synth_b", "ssl")}
+    assert {r.model for r in finetunes} <= {"ssast", "tiny-d2"}     # "ssast" where eval.finetune takes run.model_name
     assert all(0.0 <= r.value <= 1.0 for r in records)
     summary = (out / "tables" / "summary.csv").read_text()
     assert "probe" in summary and "finetune" in summary and "synth_b" in summary
