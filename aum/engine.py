@@ -8,6 +8,11 @@ checkpoints that load with ``torch.load(weights_only=True)``, exact resume, SIGT
 periodic evaluation with best-on-validation model selection (:mod:`aum.selection`), and logging (tqdm,
 ``metrics.jsonl``, TensorBoard, ``log.txt``, images).
 
+The parts live in their own modules, and the names other code imports stay importable from here:
+:mod:`aum.optim` (schedules, decay groups, optimizer), :mod:`aum.train_state` (checkpoint files and resume
+bookkeeping), :mod:`aum.train_log` (``log.txt``, ``metrics.jsonl``, TensorBoard), :mod:`aum.run_env`
+(deterministic mode, pre-emption signals), :mod:`aum.distributed` (DDP, seeds, RNG state, the sampler).
+
 Layout of ``out_dir``::
 
     checkpoints/step_00000500.pt   # the last ``keep_last`` ones
@@ -21,13 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
-import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,17 +43,19 @@ from tqdm.auto import tqdm
 
 from aum.distributed import (DistInfo, ResumableBatchSampler, barrier, init_distributed, is_main, move_to_device,
                              rng_state, seed_everything, set_rng_state)
+from aum.optim import (NO_DECAY_NAMES, NO_DECAY_SUFFIXES, build_optimizer, build_scheduler, default_param_groups,
+                       lr_at, no_weight_decay)
+from aum.run_env import deterministic_mode, ignore_stop_signals, stop_signals
 from aum.selection import BestKeeper
+from aum.train_state import (CKPT_FORMAT, changed_settings, latest_checkpoint, load_checkpoint, read_train_state,
+                             rescale_offset, step_checkpoint_path, truncate_metrics, write_train_state)
+from aum.train_log import LogWindow, add_scalars, append_metrics, log_file, tensorboard_writer
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EngineConfig", "Trainer", "lr_at", "no_weight_decay", "default_param_groups", "build_optimizer",
            "resolve_precision", "ResumableBatchSampler", "move_to_device", "latest_checkpoint", "load_checkpoint",
            "DistInfo", "init_distributed", "is_main"]
-
-NO_DECAY_SUFFIXES = ("pos_embed", "cls_token", "mask_token")
-NO_DECAY_NAMES = ("A_log", "A_b_log", "D", "D_b")
-CKPT_FORMAT = "aum-engine/1"
 
 
 @dataclass
@@ -111,54 +114,6 @@ class EngineConfig:
                              f"got {self.milestones} and {self.milestone_factors}")
 
 
-def lr_at(step: int, cfg: EngineConfig) -> float:
-    """Learning rate of the optimizer step with 0-based index ``step``.
-
-    Warm-up: ``lr * (step + 1) / warmup_steps`` for ``step < warmup_steps`` (the last warm-up step reaches the
-    peak). After it, ``constant`` keeps ``lr``; ``cosine`` goes from ``lr`` at ``step == warmup_steps`` to
-    ``min_lr`` at ``step == max_steps``; ``step`` keeps ``lr`` until ``decay_start`` and from there multiplies by
-    ``decay_factor`` every ``decay_every`` steps: ``lr * decay_factor ** (1 + (step - decay_start) //
-    decay_every)`` (not floored at ``min_lr``); ``multistep`` gives ``lr * milestone_factors[i]`` from step
-    ``milestones[i]`` on (``lr`` before the first milestone).
-    """
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "cosine":
-        t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-        return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
-    if cfg.schedule == "step" and step >= cfg.decay_start:
-        return cfg.lr * cfg.decay_factor ** (1 + (step - cfg.decay_start) // cfg.decay_every)
-    if cfg.schedule == "multistep":
-        passed = [f for m, f in zip(cfg.milestones, cfg.milestone_factors) if step >= m]
-        return cfg.lr * passed[-1] if passed else cfg.lr
-    return cfg.lr
-
-
-def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """Whether a parameter is exempt from weight decay: 0-/1-d tensors (biases, norms), names whose last
-    component ends in ``pos_embed``/``cls_token``/``mask_token``, and the SSM's ``A_log``/``A_b_log``/``D``/``D_b``."""
-    leaf = name.rsplit(".", 1)[-1]
-    return param.ndim <= 1 or leaf.endswith(NO_DECAY_SUFFIXES) or leaf in NO_DECAY_NAMES
-
-
-def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two optimizer groups of the trainable parameters: decayed (``weight_decay``) and exempt (0), see
-    :func:`no_weight_decay`. Empty groups are left out."""
-    decay, exempt = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (exempt if no_weight_decay(name, p) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
-
-
-def build_optimizer(param_groups, cfg: EngineConfig) -> torch.optim.Optimizer:
-    """AdamW (decoupled decay) or Adam (L2 decay) over ``param_groups`` with ``cfg.lr``/``betas``/``weight_decay``
-    as defaults; a group's own ``lr``/``weight_decay`` wins."""
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(param_groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> ``bf16`` on CUDA devices that support it, ``fp16`` on other CUDA devices, ``fp32`` elsewhere."""
     if precision != "auto":
@@ -166,57 +121,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "fp32"
-
-
-# ---------------------------------------------------------------------------------------------- checkpoints
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run: the one ``checkpoints/last`` names, else the highest
-    ``step_*.pt``; ``None`` when there is none."""
-    ckdir = Path(out_dir) / "checkpoints"
-    pointer = ckdir / "last"
-    if pointer.is_file():
-        target = ckdir / pointer.read_text().strip()
-        if target.is_file():
-            return target
-        log.warning("%s names %s, which is missing; taking the newest step file", pointer, target.name)
-    steps = sorted(ckdir.glob("step_*.pt"))
-    return steps[-1] if steps else None
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Read an engine checkpoint safely (``weights_only=True``) onto the CPU."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _worker_init(worker_id: int) -> None:
-    # SLURM signals the whole step; workers must survive until the main process shuts them down.
-    for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-        if sig is not None:
-            signal.signal(sig, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------------------------------------- the trainer
@@ -256,9 +160,7 @@ class Trainer:
         self.module = model.to(self.device)
         groups = default_param_groups(model, cfg.weight_decay) if param_groups is None else param_groups
         self.optimizer = build_optimizer(groups, cfg)
-        peak = cfg.lr
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_at(s, cfg) / peak if peak else 0.0)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.model = model
         if self.dist.world_size > 1:
@@ -290,7 +192,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _ckpt_path(self, step: int) -> Path:
-        return self.ckpt_dir / f"step_{step:08d}.pt"
+        return step_checkpoint_path(self.ckpt_dir, step)
 
     def _save(self, step: int, consumed: int) -> Path:
         """Write the checkpoint of ``step`` (all ranks take part; rank 0 writes), rotate, export."""
@@ -316,14 +218,7 @@ class Trainer:
             "engine": {"precision": self.precision, "world_size": self.dist.world_size,
                        "device": self.device.type},
         }
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.ckpt_dir.glob(".*.tmp-*"):      # left by a run killed while writing
-            stale.unlink(missing_ok=True)
-        _atomic_write(path, lambda f: torch.save(state, f))
-        _atomic_write(self.ckpt_dir / "last", lambda f: f.write(path.name.encode() + b"\n"))
-        if self.config.keep_last > 0:
-            for old in sorted(self.ckpt_dir.glob("step_*.pt"))[:-self.config.keep_last]:
-                old.unlink(missing_ok=True)
+        write_train_state(self.ckpt_dir, path, state, self.config.keep_last)
         if self.best is not None:
             self.best.committed()
         log.info("step %d: checkpoint %s", step, path)
@@ -337,13 +232,8 @@ class Trainer:
             if self.best is not None and self.dist.is_main:
                 self.best.load_state_dict(None, 0)     # a fresh start: no best weights of an earlier attempt
             return
-        ck = load_checkpoint(path)
-        if ck.get("format") != CKPT_FORMAT:
-            raise RuntimeError(f"{path} is not an aum engine checkpoint (format {ck.get('format')!r})")
-        diff = {k: (v, getattr(self.config, k)) for k, v in ck["config"].items()
-                if k not in ("resume", "out_dir", "max_steps") and hasattr(self.config, k)
-                and v != getattr(self.config, k) and not (isinstance(v, (list, tuple)) and tuple(v) ==
-                                                          tuple(getattr(self.config, k)))}
+        ck = read_train_state(path)
+        diff = changed_settings(ck["config"], self.config)
         if diff:
             log.warning("resuming %s with changed settings (old, new): %s", path, diff)
         self.module.load_state_dict(ck["model"])
@@ -355,7 +245,7 @@ class Trainer:
         epoch, offset = s["epoch"], s["offset"]
         global_batch = self.config.batch_size * self.dist.world_size
         if s["global_batch"] != global_batch:
-            offset = offset * s["global_batch"] // global_batch
+            offset = rescale_offset(offset, s["global_batch"], global_batch)
             log.warning("global batch changed %d -> %d: the data position is approximate",
                         s["global_batch"], global_batch)
         self.sampler.set_position(epoch, offset)
@@ -372,12 +262,8 @@ class Trainer:
         self._elapsed_before = float(ck.get("elapsed", 0.0))
         if self.best is not None and self.dist.is_main:
             self.best.load_state_dict(ck.get("best"), self.step)
-        if self.dist.is_main:
-            metrics = self.out_dir / "metrics.jsonl"
-            if metrics.is_file():        # drop lines a killed run wrote after this checkpoint
-                lines = [ln for ln in metrics.read_text().splitlines()
-                         if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
-                _atomic_write(metrics, lambda f: f.write("".join(ln + "\n" for ln in lines).encode()))
+        if self.dist.is_main:        # drop lines a killed run wrote after this checkpoint
+            truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, epoch, offset)
 
     def _elapsed(self) -> float:
@@ -386,91 +272,50 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:
         self._signal = signum          # act on it between steps; logging here could deadlock
 
-    def _call_visualise(self, batch: Any) -> None:
-        path = self.out_dir / "images" / f"step_{self.step:08d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
+    @contextlib.contextmanager
+    def _hook_mode(self):
+        """For a rank-0 hook: the unwrapped model in eval mode under ``no_grad``; train mode and the RNG streams
+        restored afterwards, so the hook cannot change training."""
         saved = rng_state()
         self.module.eval()
         try:
             with torch.no_grad():
-                self.visualise(self.module, batch, self.step, path)
+                yield
         finally:
             self.module.train()
             set_rng_state(saved)
 
+    def _call_visualise(self, batch: Any) -> None:
+        path = self.out_dir / "images" / f"step_{self.step:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._hook_mode():
+            self.visualise(self.module, batch, self.step, path)
+
     def _call_evaluate(self, writer) -> None:
         """Run the evaluate hook (rank 0), log its numbers, update the best weights; all ranks then meet."""
         if self.dist.is_main:
-            saved = rng_state()
-            self.module.eval()
-            try:
-                with torch.no_grad():
-                    metrics = {k: float(v) for k, v in self.evaluate(self.module, self.step).items()}
-            finally:
-                self.module.train()
-                set_rng_state(saved)
+            with self._hook_mode():
+                metrics = {k: float(v) for k, v in self.evaluate(self.module, self.step).items()}
             epoch, offset = self.sampler.position_after(self._consumed)
             rec = {"step": self.step, "eval": True, "epoch": epoch + offset / self.sampler.batches_per_epoch,
                    **metrics}
             if self.best is not None:
                 self.best.update(self.step, metrics, self.module)
                 rec.update(best_step=self.best.step, best_score=self.best.score)
-            with open(self.out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            if writer is not None:
-                for k, v in metrics.items():
-                    writer.add_scalar(f"eval/{k}", v, self.step)
+            append_metrics(self.out_dir, rec)
+            add_scalars(writer, "eval", metrics, self.step)
             log.info("step %d: eval %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         barrier()
 
     @contextlib.contextmanager
     def _run_context(self):
-        """Deterministic mode, signal handlers and the log file for the duration of :meth:`fit`."""
-        cfg, main = self.config, self.dist.is_main
-        prev_det = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads(),
-                    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-        if cfg.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.set_num_threads(1)
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-                if sig is not None:
-                    handlers[sig] = signal.signal(sig, self._on_signal)
-        file_handler, aum_logger, prev_level = None, logging.getLogger("aum"), logging.getLogger("aum").level
-        if main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            file_handler = logging.FileHandler(self.out_dir / "log.txt")
-            file_handler.setLevel(logging.INFO)
-            file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-            logging.getLogger().addHandler(file_handler)
-            if aum_logger.getEffectiveLevel() > logging.INFO:
-                aum_logger.setLevel(logging.INFO)
-        try:
-            yield
-        finally:
-            for sig, old in handlers.items():
-                signal.signal(sig, old)
-            if cfg.deterministic:
-                torch.use_deterministic_algorithms(prev_det[0])
-                torch.set_num_threads(prev_det[1])
-                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev_det[2:]
-            if file_handler is not None:
-                logging.getLogger().removeHandler(file_handler)
-                file_handler.close()
-                aum_logger.setLevel(prev_level)
+        """The log file, deterministic mode and the stop-signal handlers for the duration of :meth:`fit`."""
+        with log_file(self.out_dir) if self.dist.is_main else contextlib.nullcontext():
+            with deterministic_mode(self.config.deterministic), stop_signals(self._on_signal):
+                yield
 
     def _writer(self):
-        if not self.dist.is_main:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            log.warning("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
-            return None
-        return SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step + 1 if self.step else None)
+        return tensorboard_writer(self.out_dir, self.step) if self.dist.is_main else None
 
     # ------------------------------------------------------------------ the loop
 
@@ -499,7 +344,7 @@ class Trainer:
             loader = DataLoader(
                 self.dataset, batch_sampler=self.sampler, num_workers=cfg.num_workers,
                 collate_fn=self.collate_fn, pin_memory=self.device.type == "cuda",
-                worker_init_fn=_worker_init if cfg.num_workers else None,
+                worker_init_fn=ignore_stop_signals if cfg.num_workers else None,
                 generator=torch.Generator().manual_seed(
                     (cfg.seed * 1_000_003 + self.dist.rank * 7919 + start_batch) % 2**63))
             it = iter(loader)
@@ -541,7 +386,7 @@ class Trainer:
         ddp = isinstance(self.model, DistributedDataParallel)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self._consumed = 0
-        win_t, win_steps, win_loss, sums, counts = time.perf_counter(), 0, 0.0, {}, {}
+        window = LogWindow()
         sps, step_t = 0.0, time.perf_counter()
         while self.step < cfg.max_steps:
             self.optimizer.zero_grad(set_to_none=True)
@@ -555,9 +400,7 @@ class Trainer:
                     self.scaler.scale(loss / accum).backward()
                 loss_sum += loss.detach().float()
                 if main:
-                    for k, v in (metrics or {}).items():
-                        sums[k] = sums.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else float(v))
-                        counts[k] = counts.get(k, 0) + 1
+                    window.add(metrics)
             shared = torch.stack([loss_sum / accum,
                                   torch.tensor(float(self._signal is not None), device=self.device)])
             if self.dist.world_size > 1:
@@ -569,30 +412,21 @@ class Trainer:
                 self.scaler.unscale_(self.optimizer)
                 gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
                 if main:
-                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + gnorm.detach().float()
-                    counts["grad_norm"] = counts.get("grad_norm", 0) + 1
+                    window.add({"grad_norm": gnorm})
             lr = self.optimizer.param_groups[0]["lr"]
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
             self.step += 1
             self.loss_smooth = loss_val if self.loss_smooth is None else 0.98 * self.loss_smooth + 0.02 * loss_val
-            win_steps, win_loss = win_steps + 1, win_loss + loss_val
+            window.add_step(loss_val)
             if main:
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                    now = time.perf_counter()
-                    rec = {"step": self.step, "loss": win_loss / win_steps, "lr": lr,
-                           "samples_per_s": win_steps * self.samples_per_step / max(now - win_t, 1e-9),
-                           "elapsed": self._elapsed(), **{k: float(sums[k]) / counts[k] for k in sums}}
-                    with open(self.out_dir / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                    if writer is not None:
-                        for k, v in rec.items():
-                            if k != "step":
-                                writer.add_scalar(f"train/{k}", v, self.step)
-                    log.info("step %d: %s", self.step,
-                             " ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "step"))
-                    win_t, win_steps, win_loss, sums, counts = now, 0, 0.0, {}, {}
+                    rec = window.record(self.step, lr, self.samples_per_step, self._elapsed)
+                    append_metrics(self.out_dir, rec)
+                    values = {k: v for k, v in rec.items() if k != "step"}
+                    add_scalars(writer, "train", values, self.step)
+                    log.info("step %d: %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in values.items()))
                 now = time.perf_counter()
                 rate = self.samples_per_step / max(now - step_t, 1e-9)
                 sps, step_t = (rate if sps == 0.0 else 0.9 * sps + 0.1 * rate), now
