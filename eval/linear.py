@@ -7,6 +7,7 @@ it is given: the callers pass training (and validation) rows, never test rows.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -18,9 +19,20 @@ from sklearn.metrics import average_precision_score
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 C_GRID = tuple(10.0 ** np.arange(-4, 3))   # 1e-4 ... 1e2
 CLASSIFIERS = ("sklearn", "torch")
+
+
+def single_threaded_blas(fn):
+    """Run ``fn`` with one BLAS / OpenMP thread: these matrices are small, and on a busy machine threaded BLAS
+    made each logistic-regression fit 10-30x slower (measured)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with threadpool_limits(limits=1):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 class TorchLinearProbe(ClassifierMixin, BaseEstimator):
@@ -87,6 +99,7 @@ def scores_of(probe, X) -> np.ndarray:
     return probe.predict_proba(X)
 
 
+@single_threaded_blas
 def evaluate(probe, X, Y, multilabel: bool) -> float:
     """Accuracy (single-label, ``Y`` class indices) or macro mAP over classes with a positive (multi-label)."""
     if multilabel:
@@ -102,6 +115,7 @@ def mean_average_precision(Y: np.ndarray, scores: np.ndarray) -> float:
     return float(average_precision_score(Y[:, keep], scores[:, keep], average="macro"))
 
 
+@single_threaded_blas
 def fit_probe(X, Y, C: float, multilabel: bool, classifier: str = "sklearn"):
     """Fit a fresh probe (:func:`make_probe`) on ``X``, ``Y``; convergence warnings are silenced."""
     probe = make_probe(C, multilabel, classifier)
@@ -129,6 +143,22 @@ def inner_splits(groups=None, y=None, n_splits: int = 5, seed: int = 0) -> list[
     return list(KFold(min(n_splits, n), shuffle=True, random_state=seed).split(np.zeros(n)))
 
 
+def _warm_path(X, y, fit_rows, score_rows, grid) -> dict[float, float]:
+    """Single-label accuracy for every ``C`` of one inner split: scaled once, fitted with ascending ``C``, each
+    fit warm-started from the previous solution (the same optimum as cold fits, several times faster)."""
+    scaler = StandardScaler().fit(X[fit_rows])
+    a, b = scaler.transform(X[fit_rows]), scaler.transform(X[score_rows])
+    lr = LogisticRegression(max_iter=1000, warm_start=True)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for C in sorted(grid):
+            lr.set_params(C=C).fit(a, y[fit_rows])
+            out[float(C)] = float(np.mean(lr.predict(b) == y[score_rows]))
+    return out
+
+
+@single_threaded_blas
 def select_regularisation(X, Y, splits, grid=C_GRID, multilabel: bool = False,
                           classifier: str = "sklearn") -> tuple[float, dict]:
     """Pick ``C`` from ``grid`` by the mean validation score over ``splits`` (``(fit rows, score rows)`` of X).
@@ -137,14 +167,17 @@ def select_regularisation(X, Y, splits, grid=C_GRID, multilabel: bool = False,
     (stronger regularisation). Returns ``(best C, {C: mean score})``.
     """
     X, Y = np.asarray(X), np.asarray(Y)
-    means = {}
-    for C in grid:
-        vals = []
-        for fit_rows, score_rows in splits:
-            if multilabel and not Y[score_rows].any():
-                continue
+    per_c: dict[float, list[float]] = {float(C): [] for C in grid}
+    for fit_rows, score_rows in splits:
+        if multilabel and not Y[score_rows].any():
+            continue
+        if not multilabel and classifier == "sklearn":
+            for C, v in _warm_path(X, Y, fit_rows, score_rows, grid).items():
+                per_c[C].append(v)
+            continue
+        for C in per_c:
             probe = fit_probe(X[fit_rows], Y[fit_rows], C, multilabel, classifier)
-            vals.append(evaluate(probe, X[score_rows], Y[score_rows], multilabel))
-        means[float(C)] = float(np.mean(vals)) if vals else float("nan")
+            per_c[C].append(evaluate(probe, X[score_rows], Y[score_rows], multilabel))
+    means = {C: float(np.mean(v)) if v else float("nan") for C, v in per_c.items()}
     best = max(means, key=lambda c: (np.nan_to_num(means[c], nan=-np.inf), -c))
     return best, means

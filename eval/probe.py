@@ -69,28 +69,21 @@ FALLBACK_BENCHMARKS = {b.name: b for b in (
 
 
 def _from_registry(name: str) -> ProbeBenchmark | None:
-    """The benchmark as eval.registry describes it, or None when the registry is absent or does not know it."""
+    """The benchmark as :func:`eval.registry.get_benchmark` describes it, or None when it is not registered."""
     try:
-        from eval import registry
+        from eval.registry import get_benchmark
     except ImportError:
         return None
-    getter = getattr(registry, "get_benchmark", None)
     try:
-        spec = getter(name) if getter else None
-    except (KeyError, ValueError):
+        spec = get_benchmark(name)
+    except (KeyError, FileNotFoundError):
         return None
-    if spec is None:
-        return None
-    folds = getattr(spec, "folds", None)
-    return ProbeBenchmark(
-        name, bool(getattr(spec, "multilabel", False)), str(getattr(spec, "metric", "accuracy")),
-        (len(folds) if isinstance(folds, (list, tuple)) else folds) or None,
-        str(getattr(spec, "norm_preset", None) or getattr(spec, "preset", "audioset")),
-        getattr(spec, "target_frames", 1024))
+    return ProbeBenchmark(spec.name, bool(spec.multi_label), spec.metric, spec.folds or None, spec.preset,
+                          spec.target_frames)
 
 
 def benchmark_info(name: str, **overrides) -> ProbeBenchmark:
-    """Properties of benchmark ``name`` (eval.registry first, then :data:`FALLBACK_BENCHMARKS`); ``overrides``
+    """Properties of benchmark ``name`` (:mod:`eval.registry`, else :data:`FALLBACK_BENCHMARKS`); ``overrides``
     (non-None fields) win. An unknown name needs every property given: it gets the defaults otherwise."""
     key = name.lower().replace("-", "_")
     info = _from_registry(key) or FALLBACK_BENCHMARKS.get(key)
@@ -103,7 +96,8 @@ def benchmark_info(name: str, **overrides) -> ProbeBenchmark:
 
 def entries_from_pack(folder, benchmark: str = "esc10") -> list[dict]:
     """Manifest entries of an ESC-style dataset folder: ``meta.csv`` (``filename``, ``fold``, ``label`` or
-    ``category``) or ESC-50's ``meta/esc50.csv`` (for ``esc10``, only its rows with ``esc10`` true)."""
+    ``category``) or ESC-50's ``meta/esc50.csv`` (for ``esc10``, only its rows with ``esc10`` true). Paths are
+    absolute; ``split`` is ``fold<k>`` as in the manifests of :mod:`eval.prepare`."""
     folder = Path(folder)
     meta = folder / "meta.csv" if (folder / "meta.csv").is_file() else folder / "meta" / "esc50.csv"
     if not meta.is_file():
@@ -116,7 +110,8 @@ def entries_from_pack(folder, benchmark: str = "esc10") -> list[dict]:
     audio = folder if meta.parent == folder else folder / "audio"
     if benchmark.lower() == "esc10" and "esc10" in rows[0]:
         rows = [r for r in rows if r["esc10"].strip().lower() == "true"]
-    return [{"path": str(audio / r["filename"]), "labels": [r[label_col]], "fold": int(r["fold"])} for r in rows]
+    return [{"path": str((audio / r["filename"]).resolve()), "labels": [r[label_col]], "fold": int(r["fold"]),
+             "split": f"fold{int(r['fold'])}"} for r in rows]
 
 
 def load_entries(source, benchmark: str) -> list[dict]:
@@ -163,7 +158,7 @@ def _embed(encoder, info, entries, args) -> tuple[np.ndarray, np.ndarray, dict]:
     groups: dict[str, list[int]] = {}
     for i, e in enumerate(entries):
         groups.setdefault(_split_of(e), []).append(i)
-    xs, rows, facts = [], [], {"cache_hit": {}, "clips_per_s": {}, "bad": 0}
+    xs, rows, facts = [], [], {"cache_hit": {}, "clips_per_s": {}, "bad": 0, "clips": 0, "seconds": 0.0}
     for split, idx in groups.items():
         emb, hit = get_embeddings(encoder, info.name, split, [entries[i] for i in idx], args.cache, info.preset,
                                   info.target_frames, args.layer, args.batch_size, args.workers, args.device,
@@ -173,15 +168,27 @@ def _embed(encoder, info, entries, args) -> tuple[np.ndarray, np.ndarray, dict]:
         facts["cache_hit"][split] = hit
         facts["clips_per_s"][split] = emb.meta["stats"]["clips_per_s"]
         facts["bad"] += len(idx) - len(emb.index)
+        facts["clips"] += len(idx)
+        facts["seconds"] += emb.meta["stats"]["seconds"]
         facts.update(encoder_key=emb.meta["encoder_key"], config=emb.meta["config"])
+    facts["clips_per_s_total"] = facts["clips"] / max(facts["seconds"], 1e-9)
     return np.vstack(xs), np.concatenate(rows), facts
+
+
+def _fold_of(entry: dict) -> int:
+    """An entry's fold: its ``fold`` field, else the ``k`` of a ``fold<k>`` split name."""
+    fold = entry.get("fold")
+    if fold is None and str(entry.get("split", "")).startswith("fold"):
+        fold = str(entry["split"])[4:]
+    return int(fold)
 
 
 def _folds(entries, rows, info) -> np.ndarray:
     try:
-        folds = np.array([int(entries[r]["fold"]) for r in rows])
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{info.name} is cross-validated: every entry needs an integer 'fold'") from None
+        folds = np.array([_fold_of(entries[r]) for r in rows])
+    except (TypeError, ValueError):
+        raise ValueError(f"{info.name} is cross-validated: every entry needs an integer 'fold' "
+                         f"(or a 'fold<k>' split)") from None
     if len(np.unique(folds)) < 2:
         raise ValueError(f"{info.name}: need at least 2 folds, found {np.unique(folds).tolist()}")
     return folds
@@ -237,7 +244,8 @@ def run_probe(info: ProbeBenchmark, entries, encoder: Encoder, args) -> list[Res
     records = [ResultRecord(**common, value=r["value"], fold=r["fold"], wall_time_s=wall, extra={
         "C": r["C"], "selection": {str(c): v for c, v in r["selection"].items()}, "n_train": r["n_train"],
         "n_test": r["n_test"], "n_classes": len(classes), "encoder_key": facts["encoder_key"],
-        "cache_hit": facts["cache_hit"], "clips_per_s": facts["clips_per_s"], "bad_files": facts["bad"]})
+        "cache_hit": facts["cache_hit"], "clips_per_s": facts["clips_per_s"],
+        "clips_per_s_total": facts["clips_per_s_total"], "bad_files": facts["bad"]})
         for r in results]
     if info.folds:
         values = [r["value"] for r in results]
@@ -275,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for audio decoding")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads); on a shared machine 1 "
+                                               "can be several times faster than the default")
     g = p.add_argument_group("benchmark properties (default: from eval.registry or the built-in table)")
     g.add_argument("--multilabel", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--metric", help="accuracy or mAP")
@@ -291,6 +301,8 @@ def main(argv=None) -> int:
     if args.checkpoint and not args.init:
         raise SystemExit("--init is required with --checkpoint (scratch, imagenet, ssl or official)")
     args.init = args.init or "scratch"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = benchmark_info(args.benchmark, multilabel=args.multilabel, metric=args.metric, preset=args.preset,
                           target_frames=args.frames, folds=args.folds)
     entries = load_entries(args.manifest, info.name)
@@ -309,7 +321,8 @@ def main(argv=None) -> int:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     print(f"{info.name} probe [{records[0].model}, {args.init}, {args.embedding}]: {info.metric} "
           f"{statistics.fmean(values):.4f} +- {std:.4f} over {len(values)} fold(s); "
-          f"extraction {', '.join(f'{v:.1f}' for v in records[0].extra['clips_per_s'].values())} clips/s; "
+          f"extraction {records[0].extra['clips_per_s_total']:.2f} clips/s"
+          f"{' (cached)' if all(records[0].extra['cache_hit'].values()) else ''}; "
           f"records in {args.out}")
     return 0
 

@@ -166,7 +166,8 @@ def test_entries_from_esc_layouts(tmp_path):
     (tmp_path / "pack").mkdir()
     (tmp_path / "pack" / "meta.csv").write_text("filename,label,fold\naudio/a.flac,dog,1\naudio/b.flac,rain,2\n")
     e = probe.entries_from_pack(tmp_path / "pack", "esc10")
-    assert e[0] == {"path": str(tmp_path / "pack" / "audio" / "a.flac"), "labels": ["dog"], "fold": 1}
+    assert e[0] == {"path": str(tmp_path / "pack" / "audio" / "a.flac"), "labels": ["dog"], "fold": 1,
+                    "split": "fold1"}
     (tmp_path / "esc50" / "meta").mkdir(parents=True)
     (tmp_path / "esc50" / "meta" / "esc50.csv").write_text(
         "filename,fold,target,category,esc10,src_file,take\n1-1-A-0.wav,1,0,dog,True,1,A\n"
@@ -176,15 +177,27 @@ def test_entries_from_esc_layouts(tmp_path):
     assert probe.entries_from_pack(tmp_path / "esc50", "esc50")[1]["path"].endswith("esc50/audio/1-2-A-1.wav")
 
 
+def test_benchmark_properties_from_the_registry():
+    esc = probe.benchmark_info("esc10")
+    assert (esc.folds, esc.multilabel, esc.metric, esc.target_frames) == (5, False, "accuracy", 512)
+    assert probe.benchmark_info("audioset20k").multilabel and probe.benchmark_info("audioset20k").metric == "mAP"
+    assert probe.benchmark_info("speechcommands", target_frames=64).target_frames == 64
+    odd = probe.benchmark_info("my_task", multilabel=True, folds=None)
+    assert odd.name == "my_task" and odd.multilabel and odd.folds is None
+    assert probe._fold_of({"split": "fold3"}) == 3 and probe._fold_of({"fold": 2, "split": "fold2"}) == 2
+
+
 def test_single_label_rejects_several_labels():
     with pytest.raises(ValueError, match="several labels"):
         probe.encode_labels([{"path": "a", "labels": ["x", "y"]}], multilabel=False)
 
 
 # Real evidence: ESC-10 (400 real clips, 5 folds) from the raw pack with a randomly initialised tiny encoder.
-# Depth 12 instead of the real 24 keeps it within a few minutes on 2 shared CPU cores (extraction dominates).
+# Depth 12 instead of the real 24 halves the extraction (the bulk of the time): about 95 s end to end on 2 shared
+# CPU cores with one torch thread. Measured (mean embedding, 5 folds, accuracy): depth 12 seed 0 0.6425 +- 0.0577,
+# seed 1 0.6625 +- 0.0442; depth 24 seed 0 0.6500 +- 0.0265. Chance is 0.10; the floor leaves ~14 points margin.
 ESC10_DEPTH = 12
-ESC10_FLOOR = 0.0   # set from a measured run, see the assertion
+ESC10_FLOOR = 0.50
 
 
 @pytest.mark.skipif(not (ESC10 / "meta.csv").is_file(), reason=f"ESC-10 pack not found at {ESC10}")
@@ -192,8 +205,12 @@ def test_esc10_random_tiny_probe_end_to_end(tmp_path, capsys):
     t0 = time.perf_counter()
     out = tmp_path / "out"
     argv = ["esc10", os.path.relpath(ESC10), "--random", "tiny", "--depth", str(ESC10_DEPTH), "--seed", "0",
-            "--out", str(out), "--cache", str(tmp_path / "cache"), "--batch-size", "16"]
-    assert probe.main(argv) == 0
+            "--out", str(out), "--cache", str(tmp_path / "cache"), "--batch-size", "16", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        assert probe.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
     text = capsys.readouterr().out
     recs = {r.fold: r for r in read_records(out)}
     assert sorted(k for k in recs if k != "mean") == [1, 2, 3, 4, 5]
@@ -201,5 +218,5 @@ def test_esc10_random_tiny_probe_end_to_end(tmp_path, capsys):
     mean, std = recs["mean"].value, recs["mean"].extra["std"]
     with capsys.disabled():
         print(f"\nESC-10 5-fold probe, random tiny depth {ESC10_DEPTH}: accuracy {mean:.4f} +- {std:.4f}; "
-              f"{recs[1].extra['clips_per_s']['all']:.1f} clips/s; {time.perf_counter() - t0:.0f} s in all")
+              f"{recs[1].extra['clips_per_s_total']:.2f} clips/s; {time.perf_counter() - t0:.0f} s in all")
     assert "+-" in text and mean > ESC10_FLOOR
