@@ -75,9 +75,12 @@ def hear_env(predictions: bool = False, base: dict | None = None) -> dict:
 
 
 def requirements_fingerprint() -> str:
-    """Hash of everything that decides the environment's contents (pins, versions, patch)."""
+    """Hash of everything that decides the environment's contents (pins, versions, patch, and the project's
+    own ``pyproject.toml``, whose dependencies ``pip install -e .`` brings in)."""
     h = hashlib.sha256()
-    for part in (REQUIREMENTS.read_text(), TORCH_VERSION, HEAREVAL, HEARVALIDATOR, PATCH_NEW):
+    pyproject = REPO_ROOT / "pyproject.toml"
+    project = pyproject.read_text() if pyproject.is_file() else ""
+    for part in (REQUIREMENTS.read_text(), TORCH_VERSION, HEAREVAL, HEARVALIDATOR, PATCH_NEW, project):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
 
