@@ -1,11 +1,11 @@
-# One-command set-up: `make demo` runs the main job, `make test` runs the test suite.
+# One-command set-up: `make demo` runs the main job (a small sweep), `make test` runs the test suite.
 # Both create .venv on first use (Python 3.10+), install torch and the project, then run.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo encode test bench clean
 
 install: $(STAMP)
 
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m slurm.demo
+
+encode: $(STAMP)
 	$(PY) -m aum
 
 test: $(STAMP)
