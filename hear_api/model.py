@@ -4,7 +4,6 @@ library (:mod:`aum.embed`)."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import warnings
@@ -19,7 +18,6 @@ from aum.embed import embed_waveform, scene_embedding
 from aum.features import get_preset
 from aum.models import AuM, create_model
 
-log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 DEFAULT_ENV = "AUM_HEAR_CHECKPOINT"

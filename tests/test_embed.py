@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from aum import create_model
-from aum.embed import (_owned_ranges, column_embeddings, column_times_ms, embed_waveform, fbank_frames,
+from aum.embed import (_owned_ranges, column_embeddings, embed_waveform, fbank_frames,
                        interpolate_columns, pad_value_for, scene_embedding, shifted_column_embeddings,
                        window_starts)
 from aum.features import fbank

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import types
-import warnings
 from pathlib import Path
 
 import numpy as np
