@@ -11,13 +11,14 @@ checkpoint supersedes it (:meth:`BestKeeper.committed`).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 from pathlib import Path
 
 import torch
+
+from aum.train_state import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -26,22 +27,11 @@ __all__ = ["BestKeeper", "best_checkpoint", "load_best"]
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def best_checkpoint(out_dir: str | os.PathLike) -> Path | None:
