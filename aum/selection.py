@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from aum.train_state import atomic_write
+from aum.train_state import atomic_write, read_pointer
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +36,7 @@ def _atomic_text(text: str, path: Path) -> None:
 
 def best_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     """The best-on-validation weights file of a run (named by ``checkpoints/best``), or ``None``."""
-    ckdir = Path(out_dir) / "checkpoints"
-    pointer = ckdir / "best"
-    if pointer.is_file():
-        target = ckdir / pointer.read_text().strip()
-        if target.is_file():
-            return target
-    return None
+    return read_pointer(Path(out_dir) / "checkpoints", "best")
 
 
 def load_best(out_dir: str | os.PathLike) -> dict | None:

@@ -76,16 +76,26 @@ def write_train_state(ckpt_dir: Path, path: Path, state: dict, keep_last: int) -
             old.unlink(missing_ok=True)
 
 
+def read_pointer(ckdir: Path, name: str) -> Path | None:
+    """The file that the pointer ``ckdir/name`` (a one-line text file) names, or ``None`` when the pointer is
+    absent or names a missing file (logged)."""
+    pointer = ckdir / name
+    if not pointer.is_file():
+        return None
+    target = ckdir / pointer.read_text().strip()
+    if target.is_file():
+        return target
+    log.warning("%s names %s, which is missing", pointer, target.name)
+    return None
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a run: the one ``checkpoints/last`` names, else the highest
     ``step_*.pt``; ``None`` when there is none."""
     ckdir = Path(out_dir) / "checkpoints"
-    pointer = ckdir / "last"
-    if pointer.is_file():
-        target = ckdir / pointer.read_text().strip()
-        if target.is_file():
-            return target
-        log.warning("%s names %s, which is missing; taking the newest step file", pointer, target.name)
+    target = read_pointer(ckdir, "last")
+    if target is not None:
+        return target
     steps = sorted(ckdir.glob("step_*.pt"))
     return steps[-1] if steps else None
 

@@ -25,11 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-@pytest.fixture(autouse=True)
-def single_process_env(monkeypatch):
-    for k in list(os.environ):
-        if k in LAUNCH_VARS or k.startswith("SLURM_"):
-            monkeypatch.delenv(k)
+pytestmark = pytest.mark.usefixtures("single_process_env")
 
 
 def clean_env(**extra):

@@ -1,6 +1,5 @@
 """The engine's evaluation hook and best-on-validation selection (aum.selection), and the multistep schedule."""
 import json
-import os
 
 import pytest
 import torch
@@ -9,14 +8,9 @@ from torch import nn
 from aum.engine import EngineConfig, Trainer, lr_at
 from aum.selection import BestKeeper, best_checkpoint, load_best
 
-LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-@pytest.fixture(autouse=True)
-def single_process_env(monkeypatch):
-    for k in list(os.environ):
-        if k in LAUNCH_VARS or k.startswith("SLURM_"):
-            monkeypatch.delenv(k)
+pytestmark = pytest.mark.usefixtures("single_process_env")
 
 
 class Data(torch.utils.data.Dataset):
