@@ -356,19 +356,32 @@ def embed_waveform(model, wave, sample_rate: int = KALDI_SAMPLE_RATE, preset="au
     return (emb[0] if single else emb), times
 
 
+POOLINGS = ("mean", "max", "cls")
+
+
+def parse_pooling(pooling: str) -> list[str]:
+    """``"mean+max"`` -> ``["mean", "max"]``; raises ``ValueError`` naming the valid names for anything else
+    (an unknown or repeated name, an empty string)."""
+    names = [p.strip() for p in str(pooling).split("+")]
+    if not names or any(n not in POOLINGS for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"pooling must be one or more of {POOLINGS} joined by '+' (e.g. 'mean+max'), "
+                         f"got {pooling!r}")
+    return names
+
+
 def scene_embedding(model, wave, sample_rate: int = KALDI_SAMPLE_RATE, preset="audioset",
-                    pooling: Literal["mean", "cls", "cls+mean"] = "mean", window_frames: int | None = None,
+                    pooling: str = "mean", window_frames: int | None = None,
                     hop_frames: int | None = None, layer: int | None = None, combine: Combine = "mean",
                     batch_size: int = 8, pad_to_window: bool = True, chunk_frames: int = 6000) -> torch.Tensor:
     """One vector per clip (float32 ``[n_sounds, D'']``, or ``[D'']`` for 1-D input), for clips of any length.
 
     The clip's features (no alignment padding; padded to a window as in training when shorter) go through
-    :func:`column_embeddings`; ``pooling="mean"`` averages its columns (``D'`` values, see ``combine``),
-    ``"cls"`` takes the class-token output (window-weighted mean for long clips; ``D`` values; needs a class
-    token), ``"cls+mean"`` concatenates both.
+    :func:`column_embeddings`; ``pooling`` names one or more of ``"mean"`` (average of the clip's columns,
+    ``D'`` values, see ``combine``), ``"max"`` (their element-wise maximum, ``D'`` values) and ``"cls"`` (the
+    class-token output, window-weighted mean for long clips; ``D`` values; needs a class token), joined by
+    ``+`` and concatenated in that order: ``"mean+max"`` is the pooling of the HEAR naive baselines.
     """
-    if pooling not in ("mean", "cls", "cls+mean"):
-        raise ValueError(f"pooling must be 'mean', 'cls' or 'cls+mean', got {pooling!r}")
+    parts_wanted = parse_pooling(pooling)
     waves, single = _batch_waves(wave)
     if sample_rate != KALDI_SAMPLE_RATE:
         from aum.audio import resample
@@ -377,12 +390,9 @@ def scene_embedding(model, wave, sample_rate: int = KALDI_SAMPLE_RATE, preset="a
     emb, _, cls = column_embeddings(model, feats, window_frames=window_frames, hop_frames=hop_frames, layer=layer,
                                     combine=combine, batch_size=batch_size, pad_value=pad_value_for(preset),
                                     pad_to_window=pad_to_window, return_cls=True)
-    parts = []
-    if "cls" in pooling:
-        if cls is None:
-            raise ValueError("pooling='cls' needs an encoder with a class token (cls_position != 'none')")
-        parts.append(cls)
-    if "mean" in pooling:
-        parts.append(emb.mean(dim=1))
+    if "cls" in parts_wanted and cls is None:
+        raise ValueError(f"pooling={pooling!r} needs an encoder with a class token (cls_position != 'none')")
+    pooled = {"cls": lambda: cls, "mean": lambda: emb.mean(dim=1), "max": lambda: emb.amax(dim=1)}
+    parts = [pooled[name]() for name in parts_wanted]
     out = torch.cat(parts, dim=-1).to(torch.float32)
     return out[0] if single else out

@@ -23,8 +23,8 @@ Embeddings (all computed by :mod:`aum.embed`, which handles any length in bounde
   centres ``0, 40, 80, ...`` up to the end of the clip. The native column hop is 160 ms; the default 40 ms hop
   comes from running the encoder on 4 copies of the spectrogram shifted by 4 frames (every vector a real
   patch column; ``fine="interp"`` interpolates the 160 ms columns instead, ``fine="native"`` keeps 160 ms).
-- ``get_scene_embeddings``: the mean of the clip's columns (``scene="cls"`` or ``"cls+mean"`` for the
-  class token).
+- ``get_scene_embeddings``: the mean of the clip's columns (``scene="mean+max"`` adds their maximum, as the
+  HEAR naive baselines pool; ``scene="cls"`` or ``"cls+mean"`` for the class token).
 - Audio longer than the model's window (1024 frames = 10.24 s for AudioSet models) is encoded in windows
   with a hop of half a window, each column taken from the window where it is most central.
 

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 from aum.checkpoint import load_checkpoint
-from aum.embed import embed_waveform, scene_embedding
+from aum.embed import embed_waveform, parse_pooling, scene_embedding
 from aum.features import get_preset
 from aum.models import AuM, create_model
 
@@ -33,8 +33,9 @@ class EmbeddingOptions:
     - ``layer``: encoder layer to read (1..depth; ``None`` = the last, through the final norm).
     - ``combine``: how the frequency patches of one time column become one vector: ``"mean"`` (``D``
       values) or ``"concat"`` (``F' * D``, e.g. 8 x 192 = 1536 for tiny).
-    - ``scene``: clip pooling for scene embeddings: ``"mean"`` of the columns, ``"cls"`` (class token), or
-      ``"cls+mean"`` (both, concatenated).
+    - ``scene``: clip pooling for scene embeddings: ``"mean"`` or ``"max"`` over the columns, ``"cls"`` (class
+      token), or several joined by ``+`` and concatenated (``"mean+max"``: the pooling of the HEAR naive
+      baselines; ``"cls+mean"``).
     - ``hop_ms`` / ``fine``: timestamp hop and how it is made: ``"shift"`` (default, 40 ms: the encoder on
       4 copies shifted by 4 frames, every vector a real patch column; 4x cost), ``"interp"`` (one pass,
       linear interpolation of the 160 ms columns), ``"native"`` (one pass, 160 ms, ``hop_ms`` ignored).
@@ -59,8 +60,7 @@ class EmbeddingOptions:
     def __post_init__(self):
         if self.combine not in ("mean", "concat"):
             raise ValueError(f"combine must be 'mean' or 'concat', got {self.combine!r}")
-        if self.scene not in ("mean", "cls", "cls+mean"):
-            raise ValueError(f"scene must be 'mean', 'cls' or 'cls+mean', got {self.scene!r}")
+        parse_pooling(self.scene)
         if self.fine not in ("shift", "interp", "native"):
             raise ValueError(f"fine must be 'shift', 'interp' or 'native', got {self.fine!r}")
         self.hop_ms = float(self.hop_ms)
@@ -90,13 +90,13 @@ class HearAuM(torch.nn.Module):
         c = encoder.config
         if self.options.layer is not None and not 1 <= self.options.layer <= c.depth:
             raise ValueError(f"layer must be in 1..{c.depth}, got {self.options.layer}")
-        if self.options.scene != "mean" and c.cls_position == "none":
+        if "cls" in parse_pooling(self.options.scene) and c.cls_position == "none":
             raise ValueError(f"scene={self.options.scene!r} needs a class token; this encoder has none")
         rows = (c.num_mel_bins - c.patch_size[0]) // c.patch_stride[0] + 1
         col = c.embed_dim * (rows if self.options.combine == "concat" else 1)
         self.timestamp_embedding_size = int(col)
-        self.scene_embedding_size = int({"mean": col, "cls": c.embed_dim, "cls+mean": c.embed_dim + col}
-                                        [self.options.scene])
+        self.scene_embedding_size = int(sum(c.embed_dim if name == "cls" else col
+                                            for name in parse_pooling(self.options.scene)))
 
     @property
     def device(self) -> torch.device:

@@ -10,7 +10,7 @@ import torch
 
 from aum import create_model
 from aum.embed import (_owned_ranges, column_embeddings, embed_waveform, fbank_frames,
-                       interpolate_columns, pad_value_for, scene_embedding, shifted_column_embeddings,
+                       interpolate_columns, pad_value_for, parse_pooling, scene_embedding, shifted_column_embeddings,
                        window_starts)
 from aum.features import fbank
 
@@ -142,6 +142,25 @@ def test_scene_embedding_pooling(model):
     headless = create_model("tiny", depth=1, cls_position="none")
     with pytest.raises(ValueError, match="class token"):
         scene_embedding(headless, wave, pooling="cls")
+
+
+def test_scene_mean_max_pooling_is_the_columns_mean_then_max(model):
+    """``mean+max`` against the column embeddings pooled by hand (per clip, real columns only)."""
+    wave = torch.rand(2, 40000) * 2 - 1                      # 2.5 s: shorter than a window, so padded
+    pooled = scene_embedding(model, wave, pooling="mean+max", combine="concat", preset="none")
+    assert pooled.shape == (2, 2 * 8 * 192)
+    for i in range(2):
+        cols, _ = column_embeddings(model, fbank(wave[i]), combine="concat")
+        torch.testing.assert_close(pooled[i], torch.cat([cols.mean(0), cols.amax(0)]))
+    max_first = scene_embedding(model, wave, pooling="max+mean", combine="concat", preset="none")
+    torch.testing.assert_close(max_first, torch.cat([pooled[:, 8 * 192:], pooled[:, :8 * 192]], dim=1))
+
+
+@pytest.mark.parametrize("bad", ["sum", "mean+mean", "", "mean+"])
+def test_parse_pooling_rejects_bad_names(bad):
+    with pytest.raises(ValueError, match="joined by"):
+        parse_pooling(bad)
+    assert parse_pooling("cls+mean+max") == ["cls", "mean", "max"]
 
 
 def test_pad_value_is_normalised_zero():

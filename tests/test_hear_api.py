@@ -93,6 +93,7 @@ def test_silence_and_full_scale_noise_are_finite(model):
 @pytest.mark.parametrize("options,ts_size,scene_size,hop", [
     ({"combine": "concat"}, 8 * 192, 8 * 192, 40.0),
     ({"scene": "cls+mean", "layer": 1}, 192, 384, 40.0),
+    ({"scene": "mean+max", "combine": "concat"}, 8 * 192, 2 * 8 * 192, 40.0),
     ({"scene": "cls", "fine": "interp", "hop_ms": 20}, 192, 192, 20.0),
     ({"fine": "native", "pad_to_window": False}, 192, 192, 160.0),
 ])
@@ -112,6 +113,8 @@ def test_options_are_checked_and_come_from_the_environment(ckpt, monkeypatch):
         hear_api.load_model(ckpt, combine="sum")
     with pytest.raises(ValueError, match="layer"):
         hear_api.load_model(ckpt, layer=3)
+    with pytest.raises(ValueError, match="pooling must be one or more"):
+        hear_api.load_model(ckpt, scene="median")
     monkeypatch.setenv("AUM_HEAR_OPTIONS", json.dumps({"combine": "concat", "fine": "native"}))
     m = hear_api.load_model(ckpt, fine="interp")
     assert m.options.combine == "concat" and m.options.fine == "interp"
