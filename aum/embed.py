@@ -142,7 +142,7 @@ def _combine_columns(tokens: torch.Tensor, grid: tuple[int, int], combine: str) 
 
 
 def column_embeddings(model, fbank_: torch.Tensor, window_frames: int | None = None,
-                      hop_frames: int | None = None, layer: int | None = None, combine: Combine = "mean",
+                      hop_frames: int | None = None, layer: int | list[int] | None = None, combine: Combine = "mean",
                       batch_size: int = 8, pad_value: float = 0.0, pad_to_window: bool = True,
                       return_cls: bool = False):
     """One embedding per patch column of a spectrogram of any length, in bounded memory.
@@ -154,7 +154,8 @@ def column_embeddings(model, fbank_: torch.Tensor, window_frames: int | None = N
     most central. With ``pad_to_window`` (default), a clip shorter than a window is padded with ``pad_value``
     to the full window, as in AuM training (the position embedding is then used as trained) and only its own
     columns are returned; without it, the clip is encoded at its own length. ``layer`` reads an intermediate
-    layer (``forward_features(layer=...)``).
+    layer (``forward_features(layer=...)``); a list of layers reads them all in one pass and returns a list
+    (one item per layer) in place of each embedding / class-token tensor below.
 
     Returns ``(embeddings, times_ms)``: ``embeddings`` ``[n_columns, D']`` (or ``[B, n_columns, D']``) with
     ``D' = D`` for ``combine="mean"`` and ``F' * D`` for ``"concat"``, in the model's dtype;
@@ -184,7 +185,10 @@ def column_embeddings(model, fbank_: torch.Tensor, window_frames: int | None = N
             x, (0, 0, 0, span - x.shape[1]), value=pad_value)
         win_frames = span
     jobs = [(b, k) for b in range(n_batch) for k in range(len(starts))]
-    out, cls_sum = None, None
+    many = isinstance(layer, (list, tuple))
+    depth = model.config.depth
+    layers = [depth if n is None else n for n in (layer if many else [layer])]
+    out, cls_sum = [None] * len(layers), [None] * len(layers)
     was_training = model.training
     model.eval()
     try:
@@ -192,25 +196,25 @@ def column_embeddings(model, fbank_: torch.Tensor, window_frames: int | None = N
             for i in range(0, len(jobs), max(1, int(batch_size))):
                 chunk = jobs[i:i + max(1, int(batch_size))]
                 windows = torch.stack([x[b, starts[k] * st:starts[k] * st + win_frames] for b, k in chunk])
-                res = model.forward_features(windows, layer=layer)
-                cols = _combine_columns(res.tokens, res.grid, combine)
-                if out is None:
-                    out = cols.new_empty(n_batch, n_cols, cols.shape[-1])
-                    if return_cls and res.cls is not None:
-                        cls_sum = res.cls.new_zeros(n_batch, res.cls.shape[-1])
-                for r, (b, k) in enumerate(chunk):
-                    a, e = owned[k]
-                    out[b, a:e] = cols[r, a - starts[k]:e - starts[k]]
-                    if cls_sum is not None:
-                        cls_sum[b] += res.cls[r] * ((e - a) / n_cols)
+                for j, res in enumerate(model.forward_layers(windows, layers)):
+                    cols = _combine_columns(res.tokens, res.grid, combine)
+                    if out[j] is None:
+                        out[j] = cols.new_empty(n_batch, n_cols, cols.shape[-1])
+                        if return_cls and res.cls is not None:
+                            cls_sum[j] = res.cls.new_zeros(n_batch, res.cls.shape[-1])
+                    for r, (b, k) in enumerate(chunk):
+                        a, e = owned[k]
+                        out[j][b, a:e] = cols[r, a - starts[k]:e - starts[k]]
+                        if cls_sum[j] is not None:
+                            cls_sum[j][b] += res.cls[r] * ((e - a) / n_cols)
     finally:
         model.train(was_training)
     times = column_times_ms(n_cols, pt, st)
-    emb = out[0] if single else out
-    if not return_cls:
-        return emb, times
-    cls = None if cls_sum is None else (cls_sum[0] if single else cls_sum)
-    return emb, times, cls
+    emb = [o[0] if single else o for o in out]
+    cls = [None if c is None else (c[0] if single else c) for c in cls_sum]
+    if not many:
+        emb, cls = emb[0], cls[0]
+    return (emb, times, cls) if return_cls else (emb, times)
 
 
 def shifted_column_embeddings(model, fbank_: torch.Tensor, shifts: int = 4, **kwargs):
@@ -371,9 +375,10 @@ def parse_pooling(pooling: str) -> list[str]:
 
 def scene_embedding(model, wave, sample_rate: int = KALDI_SAMPLE_RATE, preset="audioset",
                     pooling: str = "mean", window_frames: int | None = None,
-                    hop_frames: int | None = None, layer: int | None = None, combine: Combine = "mean",
-                    batch_size: int = 8, pad_to_window: bool = True, chunk_frames: int = 6000) -> torch.Tensor:
-    """One vector per clip (float32 ``[n_sounds, D'']``, or ``[D'']`` for 1-D input), for clips of any length.
+                    hop_frames: int | None = None, layer: int | list[int] | None = None, combine: Combine = "mean",
+                    batch_size: int = 8, pad_to_window: bool = True, chunk_frames: int = 6000):
+    """One vector per clip (float32 ``[n_sounds, D'']``, or ``[D'']`` for 1-D input), for clips of any length;
+    a list of ``layer`` values gives a list of such tensors, one per layer, from one pass.
 
     The clip's features (no alignment padding; padded to a window as in training when shorter) go through
     :func:`column_embeddings`; ``pooling`` names one or more of ``"mean"`` (average of the clip's columns,
@@ -390,9 +395,14 @@ def scene_embedding(model, wave, sample_rate: int = KALDI_SAMPLE_RATE, preset="a
     emb, _, cls = column_embeddings(model, feats, window_frames=window_frames, hop_frames=hop_frames, layer=layer,
                                     combine=combine, batch_size=batch_size, pad_value=pad_value_for(preset),
                                     pad_to_window=pad_to_window, return_cls=True)
-    if "cls" in parts_wanted and cls is None:
+    many = isinstance(layer, (list, tuple))
+    if "cls" in parts_wanted and (cls[0] if many else cls) is None:
         raise ValueError(f"pooling={pooling!r} needs an encoder with a class token (cls_position != 'none')")
-    pooled = {"cls": lambda: cls, "mean": lambda: emb.mean(dim=1), "max": lambda: emb.amax(dim=1)}
-    parts = [pooled[name]() for name in parts_wanted]
-    out = torch.cat(parts, dim=-1).to(torch.float32)
-    return out[0] if single else out
+    outs = [_pool(e, c, parts_wanted) for e, c in (zip(emb, cls) if many else [(emb, cls)])]
+    outs = [o[0] if single else o for o in outs]
+    return outs if many else outs[0]
+
+
+def _pool(emb: torch.Tensor, cls: torch.Tensor | None, names: list[str]) -> torch.Tensor:
+    parts = {"cls": lambda: cls, "mean": lambda: emb.mean(dim=1), "max": lambda: emb.amax(dim=1)}
+    return torch.cat([parts[name]() for name in names], dim=-1).to(torch.float32)

@@ -140,10 +140,11 @@ def _model_facts(checkpoint: str, options: dict) -> dict:
 def evaluate(checkpoint: str, tasks_dir, out, grid: str = "default", grid_points: int | None = None,
              model_options: dict | None = None, venv=None, task_names: list[str] | None = None,
              init: str | None = None, seed: int = 0, keep_scratch: bool = False, skip_validate: bool = False,
-             threads: int | None = None, timeout: float | None = None, build_env: bool = False) -> list[dict]:
+             threads: int | None = None, timeout: float | None = None, build_env: bool = False,
+             model_name: str | None = None) -> list[dict]:
     """Run validator + embeddings + predictions for ``checkpoint`` over the tasks in ``tasks_dir`` and
     write one result record per task to ``out/records`` (see the module docstring). Returns the records
-    as dicts. ``threads`` sets ``OMP_NUM_THREADS`` for every stage (1 is much faster on a busy CPU)."""
+    as dicts. ``model_name`` names the model in the records (default: preset and depth, e.g. ``tiny``). ``threads`` sets ``OMP_NUM_THREADS`` for every stage (1 is much faster on a busy CPU)."""
     from eval.records import ResultRecord, code_version, write_record
 
     if grid not in GRIDS:
@@ -218,7 +219,7 @@ def evaluate(checkpoint: str, tasks_dir, out, grid: str = "default", grid_points
                   "task": {k: meta.get(k) for k in ("task_name", "embedding_type", "prediction_type", "split_mode",
                                                       "splits", "sample_duration", "evaluation")}}
         rec = ResultRecord(benchmark=f"hear-{meta['task_name']}", mode="hear", init=init or facts["init"],
-                           model=facts["model"], metric=scores["metric"], value=float(scores["value"]), seed=seed,
+                           model=model_name or facts["model"], metric=scores["metric"], value=float(scores["value"]), seed=seed,
                            fold="mean" if scores["k_fold"] else None, checkpoint=ckpt or facts["describe"]["source"],
                            config=config, extra=extra, code_version=code_version(),
                            wall_time_s=round(sum(stages.values()), 2))
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--venv", default=None, help="HEAR environment (default $AUM_HEAR_VENV or .venv-hear)")
     ap.add_argument("--setup", action="store_true", help="build the HEAR environment first if needed")
     ap.add_argument("--init", default=None, help="record's init (scratch/imagenet/ssl/official; default: guessed)")
+    ap.add_argument("--model-name", default=None, help="model name in the records (default: preset and depth)")
     ap.add_argument("--seed", type=int, default=0, help="seed recorded (and of the random default)")
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for every stage")
     ap.add_argument("--timeout", type=float, default=None, help="seconds allowed per stage")
@@ -267,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         evaluate(a.checkpoint, a.tasks, a.out, grid=a.grid, grid_points=a.grid_points, model_options=options,
                  venv=a.venv, task_names=a.task, init=a.init, seed=a.seed, keep_scratch=a.keep_scratch,
-                 skip_validate=a.skip_validate, threads=a.threads, timeout=a.timeout, build_env=a.setup)
+                 skip_validate=a.skip_validate, threads=a.threads, timeout=a.timeout, build_env=a.setup,
+                 model_name=a.model_name)
     except (StageError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

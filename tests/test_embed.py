@@ -144,6 +144,30 @@ def test_scene_embedding_pooling(model):
         scene_embedding(headless, wave, pooling="cls")
 
 
+def test_several_layers_in_one_pass_match_one_layer_at_a_time():
+    """Long audio (several windows) and the class-token average: a list of layers gives what each layer alone
+    gives; the encoder runs once per window batch, not once per layer."""
+    torch.manual_seed(3)
+    model = create_model("tiny", depth=3).eval()
+    feats = torch.randn(2, 700, 128)
+    calls = []
+    model.layers[0].register_forward_pre_hook(lambda *a: calls.append(1))
+    many, times, cls = column_embeddings(model, feats, window_frames=256, layer=[1, 3], combine="concat",
+                                         return_cls=True)
+    first_block_runs = len(calls)
+    column_embeddings(model, feats, window_frames=256, layer=3)
+    assert len(calls) == 2 * first_block_runs                # two layers cost what one costs
+    for j, n in enumerate([1, 3]):
+        one, t1, c1 = column_embeddings(model, feats, window_frames=256, layer=n, combine="concat", return_cls=True)
+        torch.testing.assert_close(many[j], one)
+        torch.testing.assert_close(cls[j], c1)
+        torch.testing.assert_close(times, t1)
+    wave = torch.rand(2, 30000) * 2 - 1
+    pooled = scene_embedding(model, wave, pooling="mean+max", layer=[2, 3], pad_to_window=False)
+    torch.testing.assert_close(pooled[1], scene_embedding(model, wave, pooling="mean+max", layer=3,
+                                                          pad_to_window=False))
+
+
 def test_scene_mean_max_pooling_is_the_columns_mean_then_max(model):
     """``mean+max`` against the column embeddings pooled by hand (per clip, real columns only)."""
     wave = torch.rand(2, 40000) * 2 - 1                      # 2.5 s: shorter than a window, so padded

@@ -326,8 +326,10 @@ def test_esc10_end_to_end(hear_venv, ckpt, tmp_path):
     from hear_api.evaluate import evaluate
     esc10_task(ESC10, tmp_path / "tasks")
     records = evaluate(ckpt, tmp_path / "tasks", tmp_path / "out", grid="faster", grid_points=1, venv=hear_venv,
-                       threads=1, skip_validate=True, model_options={"pad_to_window": False}, timeout=1200)
+                       threads=1, skip_validate=True, model_options={"pad_to_window": False, "scene": "mean+max"},
+                       timeout=1200, model_name="tiny-d2-mae")
     _check_records(records, ["esc10"])
     (rec,) = records
     assert rec["metric"] == "top1_acc" and rec["fold"] == "mean" and len(rec["extra"]["folds"]) == 5
+    assert rec["model"] == "tiny-d2-mae" and rec["config"]["model_options"]["scene"] == "mean+max"
     assert rec["extra"]["std"] is not None and rec["extra"]["n_clips"] == 400

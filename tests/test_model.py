@@ -157,6 +157,26 @@ def test_no_class_token_mean_pools():
     torch.testing.assert_close(out.logits, model.head(out.pooled))
 
 
+def test_forward_layers_reads_each_layer_in_one_pass():
+    """Against the blocks run by hand: residual stream after n blocks, through norm_f, class token removed."""
+    model = tiny(depth=4, num_classes=3)
+    x = fbank()
+    with torch.no_grad():
+        outs = model.forward_layers(x, [3, 1, 4])
+        emb, grid, idx = model.embed(x)
+        hidden, residual, ref = emb, None, {}
+        for n, block in enumerate(model.layers, start=1):
+            hidden, residual = block(hidden, residual)
+            ref[n] = model.norm_f(residual + hidden)
+    for n, out in zip([3, 1, 4], outs):
+        torch.testing.assert_close(out.cls, ref[n][:, idx])
+        torch.testing.assert_close(out.tokens, torch.cat([ref[n][:, :idx], ref[n][:, idx + 1:]], dim=1))
+        torch.testing.assert_close(out.logits, model.head(ref[n][:, idx]))
+    torch.testing.assert_close(model.forward_features(x, layer=3).tokens, outs[0].tokens)
+    with pytest.raises(ValueError, match="layer must be in 1..4"):
+        model.forward_layers(x, [0, 2])
+
+
 def test_patch_tokens_are_frequency_major():
     model = tiny(cls_position="none")
     x = torch.zeros(1, 64, 128, dtype=torch.float64)

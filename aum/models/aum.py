@@ -210,15 +210,27 @@ class AuM(nn.Module):
         """Run the encoder. ``layer`` (1..depth) stops early and reads the residual stream after that many
         blocks through ``norm_f`` (for probing intermediate layers); ``mask``/``mask_token``/``keep`` as in
         :meth:`embed` (``tokens`` then holds the kept patches only)."""
+        return self.forward_layers(fbank, [self.config.depth if layer is None else layer], mask=mask,
+                                   mask_token=mask_token, keep=keep)[0]
+
+    def forward_layers(self, fbank: torch.Tensor, layers, mask: torch.Tensor | None = None,
+                       mask_token: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> list[AuMOutput]:
+        """:meth:`forward_features` read at several layers (1..depth, in any order) in one pass through the
+        blocks: one :class:`AuMOutput` per entry of ``layers``, each through ``norm_f`` (and the head)."""
+        layers = [int(n) for n in layers]
+        if not layers or not all(1 <= n <= self.config.depth for n in layers):
+            raise ValueError(f"layer must be in 1..{self.config.depth}, got {layers}")
         x, grid, idx = self.embed(fbank, mask=mask, mask_token=mask_token, keep=keep)
-        n_layers = self.config.depth if layer is None else layer
-        if not 1 <= n_layers <= self.config.depth:
-            raise ValueError(f"layer must be in 1..{self.config.depth}, got {layer}")
+        read: dict[int, AuMOutput] = {}
         hidden, residual = x, None
-        for block in self.layers[:n_layers]:
+        for n, block in enumerate(self.layers[:max(layers)], start=1):
             hidden, residual = block(hidden, residual)
-        residual = residual + hidden
-        out = self.norm_f(residual.to(self.norm_f.weight.dtype))
+            if n in layers:
+                read[n] = self._read_out(residual + hidden, grid, idx)
+        return [read[n] for n in layers]
+
+    def _read_out(self, stream: torch.Tensor, grid, idx: int | None) -> AuMOutput:
+        out = self.norm_f(stream.to(self.norm_f.weight.dtype))
         if idx is None:
             tokens, cls, pooled = out, None, out.mean(dim=1)
         else:
