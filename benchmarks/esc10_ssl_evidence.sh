@@ -10,7 +10,7 @@
 # Each stage resumes or is skipped when its output exists, so rerunning the command continues a stopped run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=../shared/data
+DATA=$(cd ../shared/data && pwd)    # absolute: manifest paths resolve against the manifest's folder
 OUT=${1:-runs/esc10_evidence}
 MAE_STEPS=${MAE_STEPS:-450}
 SSAST_STEPS=${SSAST_STEPS:-320}

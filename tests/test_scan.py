@@ -164,3 +164,27 @@ def test_causal_conv1d_matches_a_loop():
     expected += bias[:, None]
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(causal_conv1d(x, w, bias), torch.nn.functional.silu(expected))
+
+
+def test_cuda_kernels_are_called_with_their_upstream_signatures():
+    """Stand-ins with mamba-ssm's and causal-conv1d's exact parameter lists (run on the CPU): our calls must
+    land every argument in the right parameter (causal_conv1d_fn's 4th positional is seq_idx, not activation:
+    found on an H100 with the real kernels)."""
+    def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          return_last_state=False):
+        assert return_last_state is False
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+    def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
+                         final_states_out=None, activation=None):
+        assert seq_idx is None and initial_states is None and not return_final_states and weight.dim() == 2
+        return causal_conv1d(x, weight[:, None], bias, activation=activation, backend="torch")
+
+    x = _inputs(2, 3, 4, 9, torch.float64, seed=7)
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    _close(scan_mod._call_scan_kernel(selective_scan_fn, *args), selective_scan_reference(*args), 1e-12)
+    g = torch.Generator().manual_seed(1)
+    w, bias = torch.randn(3, 1, 4, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+    for activation in ("silu", None):
+        torch.testing.assert_close(scan_mod._call_conv_kernel(causal_conv1d_fn, x["u"], w, bias, activation),
+                                   causal_conv1d(x["u"], w, bias, activation=activation, backend="torch"))

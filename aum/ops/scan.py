@@ -76,7 +76,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     kernel = cuda_kernels()[0]
     backend = _resolve(backend, u, kernel)
     if backend == "cuda":
-        return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return _call_scan_kernel(kernel, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if backend == "reference":
         return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     out_dtype = u.dtype
@@ -222,12 +222,25 @@ class _ChunkedScan(torch.autograd.Function):
         return gu, gdelta, gA_t.t(), gB, gC, None
 
 
+def _call_scan_kernel(kernel, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """mamba-ssm's ``selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    return_last_state=False)``, optional arguments by name."""
+    return kernel(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+
+
+def _call_conv_kernel(kernel, x, weight, bias, activation):
+    """causal-conv1d's ``causal_conv1d_fn(x, weight [E, K], bias=None, seq_idx=None, initial_states=None,
+    return_final_states=False, final_states_out=None, activation=None)``: ``activation`` only by name (the
+    fourth positional parameter is ``seq_idx``)."""
+    return kernel(x, weight.squeeze(1), bias=bias, activation=activation)
+
+
 def causal_conv1d(x, weight, bias=None, activation: str | None = "silu", backend=None):
     """Depthwise causal conv over time (left pad ``K-1``), then SiLU: ``x [b, E, L]``, ``weight [E, 1, K]``."""
     kernel = cuda_kernels()[1]
     backend = _resolve(backend, x, kernel)
     if backend == "cuda":
-        return kernel(x, weight.squeeze(1), bias, activation)
+        return _call_conv_kernel(kernel, x, weight, bias, activation)
     # a sum of K shifted copies: same result as F.conv1d(padding=K-1)[..., :L], and its backward is a
     # few elementwise ops instead of CPU's slow depthwise-convolution backward
     k, length = weight.shape[-1], x.shape[-1]
