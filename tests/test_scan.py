@@ -167,22 +167,30 @@ def test_causal_conv1d_matches_a_loop():
 
 
 def test_cuda_kernels_are_called_with_their_upstream_signatures():
-    """Stand-ins with mamba-ssm's and causal-conv1d's exact parameter lists (run on the CPU): our calls must
-    land every argument in the right parameter (causal_conv1d_fn's 4th positional is seq_idx, not activation:
-    found on an H100 with the real kernels)."""
+    """Stand-ins with mamba-ssm's and causal-conv1d's exact parameter lists and dtype rules (run on the CPU):
+    our calls must land every argument in the right parameter (causal_conv1d_fn's 4th positional is seq_idx,
+    not activation) and in the dtype the kernel checks: both found on an H100 with the real kernels."""
     def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                           return_last_state=False):
-        assert return_last_state is False
-        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        assert return_last_state is False       # and the kernel's dtype checks (selective_scan.cpp):
+        assert delta.dtype == B.dtype == C.dtype == z.dtype == u.dtype, "delta/B/C/z must have u's dtype"
+        assert A.dtype == D.dtype == delta_bias.dtype == torch.float32
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus).to(u.dtype)
 
     def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
                          final_states_out=None, activation=None):
         assert seq_idx is None and initial_states is None and not return_final_states and weight.dim() == 2
         return causal_conv1d(x, weight[:, None], bias, activation=activation, backend="torch")
 
-    x = _inputs(2, 3, 4, 9, torch.float64, seed=7)
+    x = _inputs(2, 3, 4, 9, torch.float32, seed=7)
     args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
-    _close(scan_mod._call_scan_kernel(selective_scan_fn, *args), selective_scan_reference(*args), 1e-12)
+    _close(scan_mod._call_scan_kernel(selective_scan_fn, *args), selective_scan_reference(*args), 1e-6)
+    # mixed dtypes as under bf16 autocast with the torch conv (u float32, projections bfloat16): seen on an H100
+    mixed = {k: (v.bfloat16() if k in ("delta", "B", "C", "z") else v) for k, v in x.items()}
+    margs = (mixed["u"], mixed["delta"], mixed["A"], mixed["B"], mixed["C"], mixed["D"], mixed["z"],
+             mixed["delta_bias"], True)
+    ref = selective_scan_reference(*(a.float() if torch.is_tensor(a) else a for a in margs))
+    _close(scan_mod._call_scan_kernel(selective_scan_fn, *margs), ref, 1e-5)
     g = torch.Generator().manual_seed(1)
     w, bias = torch.randn(3, 1, 4, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
     for activation in ("silu", None):

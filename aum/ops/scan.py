@@ -224,8 +224,13 @@ class _ChunkedScan(torch.autograd.Function):
 
 def _call_scan_kernel(kernel, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     """mamba-ssm's ``selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    return_last_state=False)``, optional arguments by name."""
-    return kernel(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    return_last_state=False)``, optional arguments by name. Its kernel wants ``delta``, ``B``, ``C`` and ``z``
+    in ``u``'s dtype and ``A``, ``D``, ``delta_bias`` in float32; under autocast they can arrive mixed (e.g. a
+    float32 conv output with bfloat16 projections), so they are cast here (it computes in float32 inside)."""
+    delta, B, C = (t.to(u.dtype) for t in (delta, B, C))
+    z = None if z is None else z.to(u.dtype)
+    D, delta_bias = (None if t is None else t.float() for t in (D, delta_bias))
+    return kernel(u, delta, A.float(), B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
 
 
 def _call_conv_kernel(kernel, x, weight, bias, activation):
