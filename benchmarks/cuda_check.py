@@ -7,7 +7,8 @@ Run on a CUDA machine with the ``cuda`` extra installed:
 It compares, on the GPU, (1) the raw selective scan and causal conv1d of both backends on random inputs
 (outputs and gradients, float32), and (2) a whole encoder's forward and backward with each backend, in
 float32 and under bf16 autocast; then times forward and forward+backward of both. It exits non-zero when
-a comparison is out of tolerance. ``--cpu-smoke`` runs the same code on the CPU with ``reference`` in the
+a comparison is out of tolerance. Without causal-conv1d (a long build) the scan kernel is still checked and the
+encoder runs with our conv (the ``auto`` backend picks each kernel that imports). ``--cpu-smoke`` runs the same code on the CPU with ``reference`` in the
 place of ``cuda`` (to check the script itself where no GPU exists).
 """
 from __future__ import annotations
@@ -48,7 +49,8 @@ def compare_ops(device, other, batch=2, channels=64, state=16, length=515, seed=
     results["scan_out"] = rel_err(outs[other], outs["torch"])
     results["scan_grad"] = max(rel_err(grads[other][k], grads["torch"][k]) for k in inputs)
     x, w, b = mk(batch, channels, length), mk(channels, 1, 4), mk(channels)
-    results["conv_out"] = rel_err(causal_conv1d(x, w, b, backend=other), causal_conv1d(x, w, b, backend="torch"))
+    if other != "cuda" or cuda_kernels()[1] is not None:
+        results["conv_out"] = rel_err(causal_conv1d(x, w, b, backend=other), causal_conv1d(x, w, b, backend="torch"))
     return results
 
 
@@ -94,10 +96,13 @@ def main(argv=None):
     else:
         if not torch.cuda.is_available():
             sys.exit("no CUDA device: run this on a GPU machine (or --cpu-smoke to test the script)")
-        if cuda_kernels()[0] is None or cuda_kernels()[1] is None:
-            sys.exit("mamba-ssm / causal-conv1d do not import: install the `cuda` extra (see README)")
+        if cuda_kernels()[0] is None:
+            sys.exit("mamba-ssm does not import: install the `cuda` extra (see README)")
         device, other = torch.device("cuda"), "cuda"
-    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "kernels": {"selective_scan": cuda_kernels()[0] is not None, "causal_conv1d": cuda_kernels()[1] is not None}}
+    # the encoder's kernel side: ``auto`` on the GPU takes each kernel that imports, our code for the rest
+    model_backend = "auto" if device.type == "cuda" else other
     report["ops"] = compare_ops(device, other)
     overrides = {"mixer": args.mixer} | ({"depth": args.depth} if args.depth else {})
     torch.manual_seed(0)
@@ -107,12 +112,12 @@ def main(argv=None):
     ok = all(v < 1e-4 for v in report["ops"].values())
     for label, dtype in (("float32", None), ("bf16", torch.bfloat16)):
         ref_out, ref_grads = run_model(model, x, "torch", dtype)
-        out, grads = run_model(model, x, other, dtype)
+        out, grads = run_model(model, x, model_backend, dtype)
         err_out = rel_err(out, ref_out)
         err_grad = max(rel_err(grads[n], ref_grads[n]) for n in ref_grads)
         report[f"model_{label}"] = {"out": err_out, "grad": err_grad}
         ok &= err_out < tolerances[label] and err_grad < 10 * tolerances[label]
-    for backend in ("torch", other):
+    for backend in ("torch", model_backend):
         for layer in model.layers:
             layer.mixer.scan_backend = backend
 
