@@ -119,6 +119,7 @@ def bar_chart(summary: pd.DataFrame, mode: str, path, scale: float = 100.0) -> P
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
     sub = summary[summary["mode"] == mode].copy()
     sub["row"] = _row_labels(sub)
     rows = list(dict.fromkeys(sub.sort_values(["benchmark", "model"])["row"]))
@@ -135,11 +136,12 @@ def bar_chart(summary: pd.DataFrame, mode: str, path, scale: float = 100.0) -> P
                color=f"C{j}")
         for xm in x[~np.array(have, bool)]:
             ax.text(xm, 0, MISSING, ha="center", va="bottom", fontsize=8, color="0.4")
-    ax.set_xticks(np.arange(len(rows)), rows, rotation=20 if len(rows) > 4 else 0, ha="right" if len(rows) > 4
+    ax.set_xticks(np.arange(len(rows)), [r.replace(" (", "\n(") for r in rows], rotation=20 if len(rows) > 4 else 0, ha="right" if len(rows) > 4
                   else "center")
     ax.set_ylabel("score" + (" (%)" if scale == 100 else ""))
     ax.set_title(f"{mode}: mean ± std")
-    ax.legend(fontsize=8, ncols=len(INITS), loc="upper center", bbox_to_anchor=(0.5, -0.18 if len(rows) <= 4
+    handles = [Patch(color=f"C{j}", label=init) for j, init in enumerate(INITS)]   # also for inits without bars
+    ax.legend(handles=handles, fontsize=8, ncols=len(INITS), loc="upper center", bbox_to_anchor=(0.5, -0.18 if len(rows) <= 4
                                                                                   else -0.3))
     fig.tight_layout()
     path = Path(path)

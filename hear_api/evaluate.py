@@ -16,7 +16,8 @@ Stages, each in the HEAR environment (:mod:`hear_api.setup_env`; ``--venv``) wit
    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` for that command only;
 4. one :class:`eval.records.ResultRecord` per task in ``OUT/records/`` (``mode="hear"``; ``fold="mean"``
    with the std over folds in ``extra`` for k-fold tasks, ``fold=None`` for train/valid/test tasks; the
-   wall time of every stage in ``extra["stage_seconds"]``) and ``OUT/summary.json``.
+   wall time of every stage in ``extra["stage_seconds"]``), for k-fold tasks also one record per fold
+   (``fold`` 1..k for heareval's ``fold00``..; what ``eval.results`` tabulates), and ``OUT/summary.json``.
 
 ``CHECKPOINT`` is any file :func:`hear_api.load_model` reads, or ``random`` for the untrained default
 (``--model-options '{"depth": 2}'`` etc.). Scores come from heareval's ``test.predicted-scores.json``: the
@@ -26,6 +27,7 @@ k-fold tasks, ``test.test_score`` otherwise.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -224,12 +226,25 @@ def evaluate(checkpoint: str, tasks_dir, out, grid: str = "default", grid_points
                            config=config, extra=extra, code_version=code_version(),
                            wall_time_s=round(sum(stages.values()), 2))
         path = write_record(rec, out / "records")
+        for fold_rec in fold_records(rec):
+            write_record(fold_rec, out / "records")
         records.append({**rec.__dict__, "record_path": str(path)})
         std = f" +- {scores['std']:.4f}" if scores["std"] is not None else ""
         print(f"{task.name}: {scores['metric']} = {scores['value']:.4f}{std}  (stages: "
               + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + f"); record {path}", flush=True)
     (out / "summary.json").write_text(json.dumps(records, indent=2, default=str))
     return records
+
+
+def fold_records(mean_record) -> list:
+    """The per-fold records of a k-fold task's ``fold="mean"`` record (``extra["folds"]``: heareval's
+    ``foldNN`` -> score), as ``fold=NN+1``; an empty list for other records."""
+    folds = mean_record.extra.get("folds") or {}
+    if mean_record.fold != "mean" or not folds:
+        return []
+    return [dataclasses.replace(mean_record, fold=int(name.removeprefix("fold")) + 1, value=float(value),
+                                extra={"heareval_fold": name, "mean_record": mean_record.filename()})
+            for name, value in sorted(folds.items())]
 
 
 def _cuda_available(py: str, env: dict) -> bool:

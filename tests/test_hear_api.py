@@ -333,3 +333,24 @@ def test_esc10_end_to_end(hear_venv, ckpt, tmp_path):
     assert rec["metric"] == "top1_acc" and rec["fold"] == "mean" and len(rec["extra"]["folds"]) == 5
     assert rec["model"] == "tiny-d2-mae" and rec["config"]["model_options"]["scene"] == "mean+max"
     assert rec["extra"]["std"] is not None and rec["extra"]["n_clips"] == 400
+    per_fold = sorted((tmp_path / "out" / "records").glob("hear-esc10_*_fold[1-5].json"))
+    assert [json.loads(p.read_text())["value"] for p in per_fold] == [rec["extra"]["folds"][f"fold0{k}"]
+                                                                      for k in range(5)]
+
+
+def test_fold_records_make_hear_results_tabulate(tmp_path):
+    """The k-fold mean record alone is left out by eval.results; its per-fold records give the hear table."""
+    from eval.records import ResultRecord, write_record
+    from eval.results import write_tables
+    from hear_api.evaluate import fold_records
+    folds = {"fold00": 0.8, "fold01": 0.9, "fold02": 0.7, "fold03": 0.85, "fold04": 0.75}
+    mean = ResultRecord(benchmark="hear-esc10", mode="hear", init="ssl", model="tiny-mae", metric="top1_acc",
+                        value=0.8, seed=0, fold="mean", extra={"std": 0.07, "folds": folds})
+    per_fold = fold_records(mean)
+    assert [(r.fold, r.value) for r in per_fold] == [(k + 1, v) for k, v in enumerate(folds.values())]
+    assert fold_records(per_fold[0]) == [] and {r.filename() for r in per_fold}.isdisjoint({mean.filename()})
+    for r in [mean, *per_fold]:
+        write_record(r, tmp_path)
+    written = write_tables(tmp_path)
+    std = float(np.std(list(folds.values()), ddof=1))
+    assert f"80.00 ± {100 * std:.2f} (n=5)" in written["hear"]["markdown"]
