@@ -7,9 +7,10 @@ Run on a CUDA machine with the ``cuda`` extra installed:
 It compares, on the GPU, (1) the raw selective scan and causal conv1d of both backends on random inputs
 (outputs and gradients, float32), and (2) a whole encoder's forward and backward with each backend, in
 float32 and under bf16 autocast; then times forward and forward+backward of both. It exits non-zero when
-a comparison is out of tolerance. Without causal-conv1d (a long build) the scan kernel is still checked and the
-encoder runs with our conv (the ``auto`` backend picks each kernel that imports). ``--cpu-smoke`` runs the same code on the CPU with ``reference`` in the
-place of ``cuda`` (to check the script itself where no GPU exists).
+a comparison is out of tolerance. Without causal-conv1d (a long build) the scan kernel is still checked and
+the encoder runs with our conv (the ``auto`` backend picks each kernel that imports). ``--cpu-smoke`` runs the
+same code on the CPU with ``reference`` in the place of ``cuda`` (to check the script itself where no GPU
+exists).
 """
 from __future__ import annotations
 
@@ -99,8 +100,9 @@ def main(argv=None):
         if cuda_kernels()[0] is None:
             sys.exit("mamba-ssm does not import: install the `cuda` extra (see README)")
         device, other = torch.device("cuda"), "cuda"
+    scan_kernel, conv_kernel = cuda_kernels()
     report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "kernels": {"selective_scan": cuda_kernels()[0] is not None, "causal_conv1d": cuda_kernels()[1] is not None}}
+              "kernels": {"selective_scan": scan_kernel is not None, "causal_conv1d": conv_kernel is not None}}
     # the encoder's kernel side: ``auto`` on the GPU takes each kernel that imports, our code for the rest
     model_backend = "auto" if device.type == "cuda" else other
     report["ops"] = compare_ops(device, other)

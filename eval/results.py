@@ -136,13 +136,14 @@ def bar_chart(summary: pd.DataFrame, mode: str, path, scale: float = 100.0) -> P
                color=f"C{j}")
         for xm in x[~np.array(have, bool)]:
             ax.text(xm, 0, MISSING, ha="center", va="bottom", fontsize=8, color="0.4")
-    ax.set_xticks(np.arange(len(rows)), [r.replace(" (", "\n(") for r in rows], rotation=20 if len(rows) > 4 else 0, ha="right" if len(rows) > 4
-                  else "center")
+    many = len(rows) > 4
+    ax.set_xticks(np.arange(len(rows)), [r.replace(" (", "\n(") for r in rows], rotation=20 if many else 0,
+                  ha="right" if many else "center")
     ax.set_ylabel("score" + (" (%)" if scale == 100 else ""))
     ax.set_title(f"{mode}: mean ± std")
     handles = [Patch(color=f"C{j}", label=init) for j, init in enumerate(INITS)]   # also for inits without bars
-    ax.legend(handles=handles, fontsize=8, ncols=len(INITS), loc="upper center", bbox_to_anchor=(0.5, -0.18 if len(rows) <= 4
-                                                                                  else -0.3))
+    ax.legend(handles=handles, fontsize=8, ncols=len(INITS), loc="upper center",
+              bbox_to_anchor=(0.5, -0.3 if many else -0.18))
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=150)

@@ -146,7 +146,8 @@ def evaluate(checkpoint: str, tasks_dir, out, grid: str = "default", grid_points
              model_name: str | None = None) -> list[dict]:
     """Run validator + embeddings + predictions for ``checkpoint`` over the tasks in ``tasks_dir`` and
     write one result record per task to ``out/records`` (see the module docstring). Returns the records
-    as dicts. ``model_name`` names the model in the records (default: preset and depth, e.g. ``tiny``). ``threads`` sets ``OMP_NUM_THREADS`` for every stage (1 is much faster on a busy CPU)."""
+    as dicts. ``model_name`` names the model in the records (default: preset and depth, e.g. ``tiny``).
+    ``threads`` sets ``OMP_NUM_THREADS`` for every stage (1 is much faster on a busy CPU)."""
     from eval.records import ResultRecord, code_version, write_record
 
     if grid not in GRIDS:
@@ -221,7 +222,8 @@ def evaluate(checkpoint: str, tasks_dir, out, grid: str = "default", grid_points
                   "task": {k: meta.get(k) for k in ("task_name", "embedding_type", "prediction_type", "split_mode",
                                                       "splits", "sample_duration", "evaluation")}}
         rec = ResultRecord(benchmark=f"hear-{meta['task_name']}", mode="hear", init=init or facts["init"],
-                           model=model_name or facts["model"], metric=scores["metric"], value=float(scores["value"]), seed=seed,
+                           model=model_name or facts["model"], metric=scores["metric"],
+                           value=float(scores["value"]), seed=seed,
                            fold="mean" if scores["k_fold"] else None, checkpoint=ckpt or facts["describe"]["source"],
                            config=config, extra=extra, code_version=code_version(),
                            wall_time_s=round(sum(stages.values()), 2))
