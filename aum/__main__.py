@@ -1,4 +1,6 @@
 """``python -m aum``: the demo (see :mod:`aum.demo`)."""
+import sys
+
 from aum.demo import main
 
-main()
+sys.exit(main())

@@ -5,6 +5,15 @@ Our format is one ``.safetensors`` file: the weights, and in its ``__metadata__`
 (``aum_metadata``), so :func:`load_checkpoint` rebuilds the model from the file alone. Foreign files
 (official ``.pth``, the Hugging Face re-upload, Vision Mamba ImageNet weights) are read here too; pickles only
 ever with ``torch.load(weights_only=True)``. Conversions live in :mod:`aum.convert`.
+
+Every file we write also says how to feed the model: ``aum_features`` holds the JSON of the feature preset it
+was trained with (:func:`aum.features.preset_record`: name, sample_rate, num_mel_bins, mean, std,
+target_frames, and its ``source``, e.g. ``pretrain:<out_dir>`` or ``finetune:<benchmark>``). :func:`load_checkpoint` puts it on the
+model as ``model.feature_preset`` (a :class:`aum.features.FbankConfig`) and ``model.feature_preset_source``;
+:func:`feature_preset_of` is what consumers ask. A checkpoint without one (official, Hugging Face, Vision
+Mamba, files of older aum versions) gets :data:`DEFAULT_FEATURE_PRESET` (``audioset``) and one logged warning
+per file naming it. A preset the caller passes explicitly wins over the recorded one, with a warning when the
+two differ.
 """
 from __future__ import annotations
 
@@ -24,12 +33,16 @@ import torch
 from safetensors import safe_open
 from safetensors import torch as st
 
+from aum.features import FbankConfig, UnknownPresetError, get_preset, preset_from_record, preset_record
 from aum.models.aum import AuM, AuMConfig
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 KINDS = ("aum", "official", "hf", "vim")
+DEFAULT_FEATURE_PRESET = "audioset"   # what a checkpoint that records no feature preset is fed
+_DEFAULT_WARNED: set[str] = set()     # checkpoints already warned about (one warning per file and process)
+_LEGACY_KEYS = ("features", "preset", "feature_preset")   # user-metadata names of a preset in older files
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -68,6 +81,7 @@ class RawCheckpoint(NamedTuple):
     config: dict | None
     metadata: dict
     path: str
+    features: dict | None = None    # our files: the feature-preset record (:func:`aum.features.preset_record`)
 
 
 def _fsync(path) -> None:
@@ -78,8 +92,16 @@ def _fsync(path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(model: AuM, path: str | os.PathLike, metadata: dict | None = None) -> Path:
-    """Write ``model`` to ``path`` as one safetensors file carrying its config (and JSON ``metadata``).
+def save_checkpoint(model: AuM, path: str | os.PathLike, metadata: dict | None = None,
+                    feature_preset: str | FbankConfig | None = None, feature_source: str | None = None) -> Path:
+    """Write ``model`` to ``path`` as one safetensors file carrying its config, its feature preset (and JSON
+    ``metadata``).
+
+    ``feature_preset`` is the preset the model was trained with and ``feature_source`` where that came from
+    (e.g. ``"pretrain:runs/x"``); without them, the model's own ``feature_preset`` (set by
+    :func:`load_checkpoint`) is kept, else :data:`DEFAULT_FEATURE_PRESET` is written with the source
+    ``"default: none given when saved"`` and a warning is logged. The record's ``target_frames`` is the
+    model's ``config.target_frames`` (the length it was trained on).
 
     Atomic: the file is written to a temporary name in the same folder, fsynced and renamed over ``path``;
     on any error the temporary file is removed and an existing ``path`` is left untouched.
@@ -89,7 +111,16 @@ def save_checkpoint(model: AuM, path: str | os.PathLike, metadata: dict | None =
         expected = {k: v.shape for k, v in AuM(AuMConfig.from_dict(model.config.to_dict())).state_dict().items()}
     if expected != {k: v.shape for k, v in model.state_dict().items()}:
         raise CheckpointMismatchError(f"not saving {path}: model.config no longer describes the model's tensors")
-    meta = {"format": "pt", "aum_format": str(FORMAT_VERSION), "aum_config": json.dumps(model.config.to_dict())}
+    if feature_preset is None and getattr(model, "feature_preset", None) is not None:
+        feature_preset = model.feature_preset
+        feature_source = feature_source or getattr(model, "feature_preset_source", None)
+    if feature_preset is None:
+        log.warning("%s: no feature preset given; recording the default %r (pass feature_preset= to "
+                    "save_checkpoint)", path, DEFAULT_FEATURE_PRESET)
+        feature_preset, feature_source = DEFAULT_FEATURE_PRESET, "default: none given when saved"
+    features = preset_record(feature_preset, feature_source or "unspecified", model.config.target_frames)
+    meta = {"format": "pt", "aum_format": str(FORMAT_VERSION), "aum_config": json.dumps(model.config.to_dict()),
+            "aum_features": json.dumps(features)}
     if metadata:
         meta["aum_metadata"] = json.dumps(metadata)
     tensors, seen = {}, set()
@@ -113,6 +144,81 @@ def save_checkpoint(model: AuM, path: str | os.PathLike, metadata: dict | None =
     return path
 
 
+def _recorded_features(checkpoint) -> tuple[FbankConfig | None, str, str]:
+    """``(recorded preset or None, name of the checkpoint for messages, source of the record)`` of a path,
+    RawCheckpoint or model."""
+    if isinstance(checkpoint, torch.nn.Module):
+        return (getattr(checkpoint, "feature_preset", None), type(checkpoint).__name__,
+                getattr(checkpoint, "feature_preset_source", ""))
+    if isinstance(checkpoint, RawCheckpoint):
+        record, legacy, where = checkpoint.features, checkpoint.metadata, checkpoint.path
+    else:
+        path = Path(checkpoint)
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        if path.is_dir():                                    # named as read_checkpoint names it (its weights)
+            path = next((path / n for n in _HF_WEIGHTS if (path / n).is_file()), path)
+        record, legacy, where = None, {}, str(path)
+        if path.is_file() and _sniff(path) == "safetensors":       # the header only; pickles are never ours
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    meta = f.metadata() or {}
+                record = json.loads(meta["aum_features"]) if "aum_features" in meta else None
+                legacy = json.loads(meta.get("aum_metadata", "{}"))
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"{path}: cannot read the metadata ({e})") from e
+    if record is not None:
+        try:
+            cfg = preset_from_record(record)
+        except ValueError as e:
+            raise CheckpointError(f"{where}: {e}") from None
+        base = get_preset(cfg.name)
+        if (cfg.mean, cfg.std) != (base.mean, base.std):
+            log.warning("%s: feature preset %r records mean %s, std %s; this aum's has %s, %s: using the "
+                        "checkpoint's", where, cfg.name, cfg.mean, cfg.std, base.mean, base.std)
+        return cfg, where, str(record.get("source", ""))
+    # older files: the preset name as user metadata, e.g. metadata={"features": "voxceleb"}
+    key = next((k for k in _LEGACY_KEYS if isinstance(legacy, dict) and isinstance(legacy.get(k), str)), None)
+    if key is not None:
+        try:
+            return get_preset(legacy[key]), where, f"metadata {key!r}"
+        except UnknownPresetError as e:
+            raise CheckpointError(f"{where}: metadata {key!r}: {e}") from None
+    return None, where, ""
+
+
+def feature_preset_of(checkpoint, explicit: str | FbankConfig | None = None) -> FbankConfig:
+    """The feature preset to feed ``checkpoint`` with (a path, a :class:`RawCheckpoint` or a loaded model).
+
+    ``explicit`` (a caller's choice) wins; a warning is logged when it differs from the recorded preset.
+    Otherwise the preset the checkpoint records; a file that records none (official, Hugging Face, Vision
+    Mamba, older aum files) gets :data:`DEFAULT_FEATURE_PRESET` with one warning per file naming it. A model
+    built in memory without ``feature_preset`` gets the default silently. Only a safetensors header is read.
+    """
+    return _choose_features(checkpoint, explicit)[0]
+
+
+def _choose_features(checkpoint, explicit=None) -> tuple[FbankConfig, str]:
+    """:func:`feature_preset_of` and where the choice came from."""
+    recorded, where, source = _recorded_features(checkpoint)
+    if explicit is not None:
+        chosen = get_preset(explicit)
+        if recorded is not None and (chosen.name, chosen.mean, chosen.std) != (recorded.name, recorded.mean,
+                                                                              recorded.std):
+            log.warning("%s was trained with feature preset %r; using the explicitly requested %r instead",
+                        where, recorded.name, chosen.name)
+        return chosen, "explicit"
+    if recorded is not None:
+        return recorded, source
+    if not isinstance(checkpoint, torch.nn.Module):
+        key = os.path.abspath(where)
+        if key not in _DEFAULT_WARNED:
+            _DEFAULT_WARNED.add(key)
+            log.warning("%s records no feature preset: feeding it the default %r (pass a preset explicitly if it "
+                        "was trained with other statistics)", where, DEFAULT_FEATURE_PRESET)
+    return get_preset(DEFAULT_FEATURE_PRESET), f"default: {where} records none"
+
+
 def content_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, streamed (of every file's relative name and bytes for a folder)."""
     path, h = Path(path), hashlib.sha256()
@@ -129,10 +235,17 @@ def content_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> dict:
     """AuMConfig fields implied by the tensor shapes of an official-layout state_dict; ``overrides`` win.
 
-    ``target_frames`` assumes ``num_mel_bins`` (128) and ``patch_stride`` (the patch size) unless given in
-    ``overrides``: 512 patches of 16x16 -> 1024 frames, 64 -> 128.
+    Unless ``overrides`` give ``target_frames``, the length and patch stride come from the position embedding
+    (``num_mel_bins`` 128 unless given): with ``patch_stride`` given, its patch count fixes the length; else the
+    (square) strides and the power-of-two lengths the official loader tries (64 .. 2**19 frames) are searched,
+    the patch size as stride first: 512 patches of 16x16 -> stride 16, 1024 frames; 1212 -> stride 10, 1024
+    frames (overlapping patches, the official ``run.py`` default); 64 -> stride 16, 128 frames. Several other
+    strides fitting is an error asking for ``strides=``; no power-of-two fit falls back to the patch stride.
     """
     sd = state_dict
+    if "cls_token_head" in sd or "cls_token_tail" in sd:
+        raise CheckpointMismatchError("cls_token_head / cls_token_tail: the official option use_double_cls_token="
+                                      "True (a class token at each end) is not supported by aum")
     for key in ("patch_embed.proj.weight", "layers.0.mixer.in_proj.weight", "layers.0.mixer.A_log"):
         if key not in sd:
             raise CheckpointMismatchError(f"cannot infer the AuM config: no {key!r} in the state_dict")
@@ -153,15 +266,44 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> dict:
     }
     cfg.update(overrides)
     if "pos_embed.pos_embed" in sd and "target_frames" not in overrides:
-        (pf, pt), mel = cfg["patch_size"], cfg.get("num_mel_bins", 128)
-        sf, stt = cfg.get("patch_stride", cfg["patch_size"])
-        rows = (mel - pf) // sf + 1
         n = sd["pos_embed.pos_embed"].shape[1] - int(cfg["cls_position"] != "none")
-        if n % rows:
-            raise CheckpointMismatchError(f"pos_embed.pos_embed holds {n} patches, not a multiple of the {rows} "
-                                          f"frequency rows of {mel} mel bins; pass target_frames=")
-        cfg["target_frames"] = (n // rows - 1) * stt + pt
+        stride, cfg["target_frames"] = _infer_stride(n, tuple(cfg["patch_size"]), cfg.get("num_mel_bins", 128),
+                                                     cfg.get("patch_stride"))
+        if stride != tuple(AuMConfig.patch_stride):
+            cfg["patch_stride"] = list(stride)
     return cfg
+
+
+def _infer_stride(n: int, patch: tuple[int, int], mel: int, stride=None) -> tuple[tuple[int, int], int]:
+    """``(patch stride, frames)`` of a position embedding of ``n`` patches (see :func:`infer_config`)."""
+    (pf, pt) = patch
+    strides = [tuple(stride)] if stride is not None else [patch] + [(s, s) for s in range(min(patch) - 1, 0, -1)]
+    fits = {}
+    for s in strides:
+        for frames in (2 ** k for k in range(6, 20)):
+            if frames >= pt and ((mel - pf) // s[0] + 1) * ((frames - pt) // s[1] + 1) == n:
+                fits.setdefault(s, frames)
+    if patch in fits or len(fits) == 1:
+        stride = patch if patch in fits else next(iter(fits))
+        return stride, fits[stride]
+    if stride is not None:
+        (sf, st_), rows = stride, (mel - pf) // stride[0] + 1
+        if n % rows:
+            raise CheckpointMismatchError(f"pos_embed.pos_embed holds {n} patches, which do not fit patch stride "
+                                          f"{tuple(stride)} ({rows} frequency rows of {mel} mel bins)")
+        return (sf, st_), (n // rows - 1) * st_ + pt
+    if fits:
+        raise CheckpointMismatchError(
+            f"pos_embed.pos_embed holds {n} patches, which fit several patch strides: "
+            + ", ".join(f"{s} at {f} frames" for s, f in fits.items())
+            + "; pass the file's stride as strides=(f, t) (the official option)")
+    rows = (mel - pf) // pf + 1
+    if n % rows:
+        raise CheckpointMismatchError(f"pos_embed.pos_embed holds {n} patches, which fit neither a square patch "
+                                      f"stride at the power-of-two lengths the official loader tries nor stride "
+                                      f"{patch} at any length; pass the file's stride as strides=(f, t) "
+                                      f"(the official option)")
+    return patch, (n // rows - 1) * pt + pt
 
 
 def load_state_dict_checked(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], allow_missing=(),
@@ -230,14 +372,18 @@ def _read_tensors(path: Path, map_location) -> tuple[dict, dict]:
         raise CheckpointError(f"{path}: {e}") from e
 
 
-def read_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str = "auto") -> RawCheckpoint:
+def read_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str = "auto",
+                    hints: dict | None = None) -> RawCheckpoint:
     """Read any supported checkpoint into a :class:`RawCheckpoint` without building a model.
 
     ``kind="auto"`` detects: our safetensors (has ``aum_config``); a Hugging Face folder, or a
     ``model.safetensors`` with a ``config.json`` beside it; a Vision Mamba ImageNet file (``pos_embed``
-    key / 3-channel patch conv); otherwise an official plain state_dict.
+    key / 3-channel patch conv); otherwise an official plain state_dict. ``hints`` say what an official or
+    Hugging Face file's keys cannot (``cls_position``, or official options such as ``strides`` and
+    ``if_devide_out``; they win over ``config.json``; see :func:`aum.convert.read_official`); other kinds
+    ignore them.
     """
-    from aum.convert import hf_config_to_aum
+    from aum.convert import read_official
     path = Path(path)
     if kind not in ("auto",) + KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}; choose 'auto' or one of {KINDS}")
@@ -253,24 +399,21 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str = "au
         version = int(meta.get("aum_format", 1))
         if version > FORMAT_VERSION:
             raise CheckpointError(f"{path}: format version {version} is newer than this aum ({FORMAT_VERSION})")
+        try:
+            features = json.loads(meta["aum_features"]) if "aum_features" in meta else None
+        except ValueError as e:
+            raise CheckpointError(f"{path}: the aum_features metadata is not valid JSON ({e})") from None
         return RawCheckpoint("aum", sd, json.loads(meta["aum_config"]),
-                             json.loads(meta.get("aum_metadata", "{}")), str(path))
+                             json.loads(meta.get("aum_metadata", "{}")), str(path), features)
     if kind == "aum":
         raise CheckpointError(f"{path}: not an aum checkpoint (no 'aum_config' metadata)")
     is_vim = "pos_embed" in sd or sd.get("patch_embed.proj.weight", torch.empty(0, 1)).shape[1] == 3
     if kind == "vim" or (kind == "auto" and is_vim):
         return RawCheckpoint("vim", sd, None, {}, str(path))
-    hints, hf_file = {}, path.name in _HF_WEIGHTS or kind == "hf"
+    config_file, hf_file = None, path.name in _HF_WEIGHTS or kind == "hf"
     if hf_file and (folder / "config.json").is_file() and kind in ("auto", "hf"):
-        try:
-            hints = hf_config_to_aum(json.loads((folder / "config.json").read_text()))
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(f"{folder / 'config.json'}: unreadable config ({e})") from e
-        kind = "hf"
-    try:
-        config = infer_config(sd, **hints)
-    except CheckpointMismatchError as e:
-        raise CheckpointError(f"{path}: not an AuM state_dict ({e})") from e
+        config_file, kind = folder / "config.json", "hf"
+    sd, config = read_official(sd, path, config_file, hints)
     return RawCheckpoint("hf" if kind == "hf" else "official", sd, config, {}, str(path))
 
 
@@ -280,9 +423,21 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", **config_overri
     The config comes from the file (ours), ``config.json`` (Hugging Face) or the tensor shapes (official,
     Vision Mamba); ``config_overrides`` win. Overrides that change the patch grid or the class count are
     adapted as in :func:`aum.convert.init_from_pretrained` (position grid resized, head re-initialised).
+    For official / Hugging Face files, ``cls_position`` and the official options
+    (:data:`aum.convert.OFFICIAL_OPTIONS`, e.g. ``strides=(10, 10)``, ``if_devide_out=False``) describe the file
+    (``hints`` of :func:`read_checkpoint`).
+    The model carries ``feature_preset`` and ``feature_preset_source``: how to feed it (see
+    :func:`feature_preset_of`; a file without a record gets the default and one warning).
     """
-    from aum.convert import load_raw_into
-    raw = read_checkpoint(path, map_location=map_location)
+    from aum.convert import OFFICIAL_OPTIONS, load_raw_into
+    official = {k: config_overrides.pop(k) for k in OFFICIAL_OPTIONS if k in config_overrides}
+    raw = read_checkpoint(path, map_location=map_location,
+                          hints={**{k: config_overrides[k] for k in ("cls_position",) if k in config_overrides},
+                                 **official})
+    if official and raw.kind not in ("official", "hf"):
+        raise CheckpointError(f"{raw.path}: {sorted(official)} describe official AuM files; this is a {raw.kind} "
+                              f"checkpoint")
+    feature_preset, feature_source = _choose_features(raw)     # before building: a bad record fails fast
     if raw.kind == "vim":
         base = {k: v for k, v in raw.state_dict.items() if k != "pos_embed" and not k.startswith("head.")}
         config = infer_config(base, **config_overrides)
@@ -294,6 +449,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", **config_overri
         raise CheckpointError(f"{raw.path}: cannot build the model ({e})") from e
     report = load_raw_into(model, raw)
     log.info("%s", report)
+    model.feature_preset, model.feature_preset_source = feature_preset, feature_source
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     return model.eval()

@@ -4,22 +4,34 @@
 * :func:`adapt_to_model`: fit an AuM-layout state_dict to a model of another patch grid / class count.
 * :func:`init_from_pretrained`: initialise an existing model (e.g. a 35-class fine-tuning model) from any
   supported checkpoint, refusing silently-partial loads: only the head may be left out.
+* :func:`read_official`: an official / Hugging Face file with the official constructor options its keys cannot
+  tell (``config.json`` or caller hints): supported ones converted, the others refused by name.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import warnings
+from pathlib import Path
 
 import torch
 
-from aum.checkpoint import (CheckpointMismatchError, LoadReport, RawCheckpoint, load_state_dict_checked,
-                            read_checkpoint)
+from aum.checkpoint import (CheckpointError, CheckpointMismatchError, LoadReport, RawCheckpoint, infer_config,
+                            load_state_dict_checked, read_checkpoint)
 from aum.models.aum import AuM, AuMConfig, resize_pos_grid
 
 POS_KEY = "pos_embed.pos_embed"
 HEAD_KEYS = ("head.weight", "head.bias")
 _WRAPPER_PREFIXES = ("module.", "model.", "backbone.", "encoder.", "aum.")
+# Options of the official ``AudioMamba`` constructor that change how a file's weights are used; its state_dict
+# keys do not record them. Read from a Hugging Face ``config.json``, or passed by the caller as hints.
+OFFICIAL_OPTIONS = ("bimamba_type", "strides", "spectrogram_size", "if_cls_token", "use_middle_cls_token",
+                    "use_end_cls_token", "use_double_cls_token", "transpose_token_sequence", "if_devide_out")
+_UNSUPPORTED = {"transpose_token_sequence": "tokens in time-major order",
+                "use_double_cls_token": "a class token at each end, cls_token_head and cls_token_tail"}
+_CLS_WARNED: set[str] = set()       # files already warned about (one warning per file and process)
 
 
 def strip_prefix(sd: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
@@ -61,11 +73,69 @@ def hf_config_to_aum(cfg: dict) -> dict:
     ours.update({new: cfg[old] for old, new in names.items() if cfg.get(old) is not None})
     if cfg.get("spectrogram_size"):
         ours["num_mel_bins"], ours["target_frames"] = cfg["spectrogram_size"]
+    if "cls_position" in ours:
+        return ours
     if cfg.get("if_cls_token") is False:
         ours["cls_position"] = "none"
-    elif cfg.get("use_end_cls_token") or cfg.get("use_middle_cls_token") is False:
-        ours["cls_position"] = "tail" if cfg.get("use_end_cls_token") else "head"
+    elif "use_middle_cls_token" in cfg or "use_end_cls_token" in cfg:
+        # as the official forward decides: middle first (its default is true), then end, else head
+        ours["cls_position"] = ("middle" if cfg.get("use_middle_cls_token", True)
+                                else "tail" if cfg.get("use_end_cls_token") else "head")
     return ours
+
+
+def fold_direction_sum(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A v2 state_dict of an official model built with ``if_devide_out=False`` (its two directions SUMMED before
+    ``out_proj``) in our averaging layout: every ``mixer.out_proj.weight`` doubled. Exact in floating point:
+    ``(2 W) ((f + b) / 2) == W (f + b)`` (``out_proj`` has no bias)."""
+    return {k: (v * 2 if k.endswith("mixer.out_proj.weight") else v) for k, v in sd.items()}
+
+
+def read_official(sd: dict[str, torch.Tensor], path, config_file=None,
+                  hints: dict | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(state_dict in our layout, AuMConfig fields)`` of an official-layout file at ``path``.
+
+    ``config_file`` (a Hugging Face ``config.json``) and ``hints`` (the caller's, which win) give what the keys
+    cannot: AuMConfig names (``cls_position``) or :data:`OFFICIAL_OPTIONS` (``strides``, ``if_devide_out``, ...).
+    ``if_devide_out=False`` on a v2 model is folded into ``out_proj`` (:func:`fold_direction_sum`); the options
+    aum cannot reproduce (``transpose_token_sequence``, ``use_double_cls_token``) are refused by name. A ``.pth``
+    with a class token and no stated position is read as ``middle`` with a warning saying how to override.
+    """
+    options, fields = {}, {}
+    if config_file is not None:
+        try:
+            options = json.loads(Path(config_file).read_text())
+            if not isinstance(options, dict):
+                raise ValueError("expected a JSON object")
+            fields = hf_config_to_aum(options)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{config_file}: unreadable config ({e})") from e
+    hints = dict(hints or {})
+    options, fields = {**options, **hints}, {**fields, **hf_config_to_aum(hints)}
+    for name, what in _UNSUPPORTED.items():
+        if options.get(name):
+            source = "the caller" if hints.get(name) else config_file
+            raise CheckpointError(f"{path}: the official option {name}=True ({what}, set by {source}) is not "
+                                  f"supported by aum, so this file cannot be loaded; if the file was not trained "
+                                  f"with it, pass {name}=False")
+    if "cls_token_head" in sd or "cls_token_tail" in sd:
+        raise CheckpointError(f"{path}: holds cls_token_head / cls_token_tail, so it was trained with the official "
+                              f"option use_double_cls_token=True ({_UNSUPPORTED['use_double_cls_token']}); aum "
+                              f"models have one class token and cannot load this file")
+    try:
+        config = infer_config(sd, **fields)
+    except CheckpointMismatchError as e:
+        raise CheckpointError(f"{path}: cannot read it as an AuM state_dict: {e}") from e
+    if config_file is None and "cls_token" in sd and "cls_position" not in fields \
+            and os.path.abspath(path) not in _CLS_WARNED:
+        _CLS_WARNED.add(os.path.abspath(path))
+        warnings.warn(f"{path}: an official .pth does not record where its class token sat; loading it as "
+                      f"'middle' (the official default). If it was trained with another position, pass "
+                      f"cls_position='head' or 'tail' to load_checkpoint (hints={{'cls_position': ...}} for "
+                      f"read_checkpoint)", stacklevel=3)
+    if options.get("if_devide_out") is False and config["mixer"] == "v2":
+        sd = fold_direction_sum(sd)
+    return sd, config
 
 
 def vim_to_aum(vim_sd: dict[str, torch.Tensor], target_grid: tuple[int, int] = (8, 64),
@@ -161,12 +231,15 @@ def load_raw_into(model: AuM, raw: RawCheckpoint) -> LoadReport:
 
 
 def init_from_pretrained(model: AuM, path: str | os.PathLike, kind: str = "auto",
-                         map_location="cpu") -> LoadReport:
+                         map_location="cpu", hints: dict | None = None) -> LoadReport:
     """Initialise ``model`` in place from a checkpoint of any ``kind`` (``"auto"``, ``"aum"``, ``"official"``,
     ``"vim"``, ``"hf"``) and return the :class:`~aum.checkpoint.LoadReport`.
 
-    The weights are converted (Vision Mamba) and adapted (position grid, head) to the model; the load is then
-    strict except for the head, so a mixer, depth or width mismatch raises
-    :class:`~aum.checkpoint.CheckpointMismatchError` naming the keys instead of loading partially.
+    The weights are converted (Vision Mamba, official options) and adapted (position grid, head) to the model;
+    the load is then strict except for the head, so a mixer, depth or width mismatch raises
+    :class:`~aum.checkpoint.CheckpointMismatchError` naming the keys instead of loading partially. ``hints``
+    describe an official file as in :func:`read_official`; an official file's class token is taken to sit where
+    the model's does unless they say otherwise.
     """
-    return load_raw_into(model, read_checkpoint(path, map_location=map_location, kind=kind))
+    hints = {**({"cls_position": model.config.cls_position} if model.has_cls else {}), **(hints or {})}
+    return load_raw_into(model, read_checkpoint(path, map_location=map_location, kind=kind, hints=hints))

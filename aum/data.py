@@ -23,11 +23,13 @@ from .audio import AudioDecodeError, load_audio
 from .features import get_preset, waveform_to_features
 from .synth import generate_clip
 
-__all__ = ["AUDIO_EXTENSIONS", "scan_audio", "read_manifest", "check_files", "BadFileLog", "AudioClipDataset",
-           "SynthAudioDataset", "EpochSampler", "collate_skip_bad", "format_bad_file_report"]
+__all__ = ["AUDIO_EXTENSIONS", "MAX_BAD_LOADS", "scan_audio", "read_manifest", "check_files", "BadFileLog",
+           "UnusableDataError", "AudioClipDataset", "SynthAudioDataset", "EpochSampler", "collate_skip_bad",
+           "format_bad_file_report"]
 
 log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg") + ((".mp3",) if "MP3" in sf.available_formats() else ())
+MAX_BAD_LOADS = 50  # a data set whose first this many different clips (or all, if fewer) fail to load is unusable
 
 
 def scan_audio(root) -> list[Path]:
@@ -59,6 +61,24 @@ def _entry(row, base: Path, where: str) -> dict:
     return e
 
 
+def _json_rows(path: Path, text: str) -> list[tuple[str, object]]:
+    """``(where, row)`` of a JSON list or of JSON lines; invalid JSON raises ``ValueError`` naming the line of the
+    file (``manifest PATH:LINE: invalid JSON (...)``)."""
+    if text.lstrip()[:1] == "[":
+        try:
+            return [(f"{path} item {i}", r) for i, r in enumerate(json.loads(text))]
+        except json.JSONDecodeError as e:      # its line and column are those of the whole file
+            raise ValueError(f"manifest {path}:{e.lineno}: invalid JSON ({e})") from None
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((f"{path}:{i}", json.loads(line)))
+            except json.JSONDecodeError as e:  # its line is 1: the line within this one line of the file
+                raise ValueError(f"manifest {path}:{i}: invalid JSON ({e.msg}: column {e.colno})") from None
+    return rows
+
+
 def read_manifest(path) -> list[dict]:
     """Entries (dicts) of a CSV manifest (header with a ``path`` column; optional ``label``/``labels``, ``start``,
     ``stop`` (seconds), ``split``; ``.tsv``: tab-separated) or JSON lines (``{"path": ...}`` per line, or a JSON
@@ -67,11 +87,7 @@ def read_manifest(path) -> list[dict]:
     path = Path(path)
     base, text = path.parent, path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson") or text.lstrip()[:1] in ("{", "["):
-        try:
-            rows = ([(f"{path} item {i}", r) for i, r in enumerate(json.loads(text))] if text.lstrip()[:1] == "["
-                    else [(f"{path}:{i}", json.loads(ln)) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()])
-        except json.JSONDecodeError as e:
-            raise ValueError(f"manifest {path}: invalid JSON ({e})") from None
+        rows = _json_rows(path, text)
     else:
         reader = csv.DictReader(text.splitlines(True), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         fields = [f.strip() for f in reader.fieldnames or []]
@@ -119,28 +135,49 @@ class BadFileLog:
     def summary(path) -> dict:
         """Read a log file back: ``{"count": failures, "files": unique files, "reasons": {reason: files},
         "by_file": {path: last reason}, "examples": [records], "unreadable_lines": n}`` (zeros if absent)."""
-        recs, first, bad = [], {}, 0
+        recs, bad = [], 0
         lines = Path(path).read_text(errors="replace").splitlines() if path and Path(path).is_file() else []
         for line in filter(str.strip, lines):
             try:
-                recs.append(rec := json.loads(line))
-                first.setdefault(rec["path"], rec)
-            except (json.JSONDecodeError, TypeError, KeyError):
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                rec = None
+            if isinstance(rec, dict) and "path" in rec and "reason" in rec:
+                recs.append(rec)
+            else:
                 bad += 1
-        by_file = {r["path"]: r["reason"] for r in recs}
-        return {"count": len(recs), "files": len(by_file), "reasons": dict(collections.Counter(by_file.values())),
-                "by_file": by_file, "examples": list(first.values())[:10], "unreadable_lines": bad}
+        return _summarize(recs, bad)
+
+
+def _summarize(recs: list[dict], unreadable: int = 0) -> dict:
+    """:meth:`BadFileLog.summary` of failure records."""
+    first = {}
+    for rec in recs:
+        first.setdefault(rec["path"], rec)
+    by_file = {r["path"]: r["reason"] for r in recs}
+    return {"count": len(recs), "files": len(by_file), "reasons": dict(collections.Counter(by_file.values())),
+            "by_file": by_file, "examples": list(first.values())[:10], "unreadable_lines": unreadable}
 
 
 def format_bad_file_report(path) -> str:
-    """One human-readable paragraph about the bad-file log at ``path`` (for the end of a run)."""
-    s = BadFileLog.summary(path)
+    """One human-readable paragraph about the bad-file log at ``path`` (for the end of a run). ``path`` may be a
+    :class:`BadFileLog`: its file, or its in-memory records when it has no file."""
+    if isinstance(path, BadFileLog):
+        s, path = (BadFileLog.summary(path.path) if path.path else _summarize(path.records)), path.path or "(in memory)"
+    else:
+        s = BadFileLog.summary(path)
     if not s["count"]:
         return "bad audio files: none"
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(s["reasons"].items()))
     lines = [f"bad audio files: {s['files']} file(s) skipped ({s['count']} failed loads; {reasons}); log: {path}"]
     lines += [f"  {r['path']} [{r['reason']}] {r['error']}" for r in s["examples"]]
     return "\n".join(lines + ([f"  ... and {s['files'] - len(s['examples'])} more"] if s["files"] > 10 else []))
+
+
+class UnusableDataError(ValueError):
+    """No clip of a data set could be loaded: the first :data:`MAX_BAD_LOADS` different clips tried (or every clip
+    of a smaller data set) all failed. A ``ValueError`` (bad input); the message ends with
+    :func:`format_bad_file_report`."""
 
 
 def _reason(e: Exception) -> str:
@@ -179,7 +216,9 @@ class AudioClipDataset(_EpochMixin, torch.utils.data.Dataset):
     both ``None``: whole clips) at an offset from ``numpy.random.default_rng([seed, epoch, index])``; shorter clips
     get zero-padded features. Items: ``{"fbank": [crop_frames, 128] float32, "index", "path"}`` (+ ``"label"`` if
     the entry has one, + ``"wave"``, the zero-padded crop, if ``return_waveform``). A bad file gives ``None``,
-    recorded in ``self.bad_files``: a :class:`BadFileLog` appending to ``bad_files_path`` (out/bad_files.jsonl)."""
+    recorded in ``self.bad_files``: a :class:`BadFileLog` appending to ``bad_files_path`` (out/bad_files.jsonl).
+    Once ``min(MAX_BAD_LOADS, len(self))`` different clips have failed in this process and none has loaded, the
+    next item raises :class:`UnusableDataError` with the bad-file report instead of trying more files."""
 
     def __init__(self, entries_or_root, sample_rate: int = 16000, crop_seconds: float | None = None,
                  crop_frames: int | None = 1024, preset="audioset", seed: int = 0, return_waveform: bool = False,
@@ -200,9 +239,27 @@ class AudioClipDataset(_EpochMixin, torch.utils.data.Dataset):
         self.crop_samples = crop_frames and _crop_samples(self.crop_frames, self.sample_rate, self.preset)
         self.return_waveform = bool(return_waveform)
         self.bad_files = BadFileLog(bad_files_path)
+        self._failed: set[int] | None = set()   # entries that failed before any clip loaded; None once one has
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def _check_usable(self) -> None:
+        """Raise :class:`UnusableDataError` (with the bad-file report) when no clip has loaded in this process and
+        ``min(MAX_BAD_LOADS, len(self))`` different entries have failed; call before each load."""
+        if self._failed is not None and len(self._failed) >= min(MAX_BAD_LOADS, len(self.entries)):
+            raise UnusableDataError(
+                f"the data set is unusable: the first {len(self._failed)} different clips tried (of "
+                f"{len(self.entries)}) all failed to load and none loaded (the limit is {MAX_BAD_LOADS} clips, or all "
+                f"of a smaller data set)\n{format_bad_file_report(self.bad_files)}")
+
+    def _bad(self, index: int, epoch: int, error: Exception) -> None:
+        """Record the failed load of entry ``index`` in ``bad_files`` and count it for :meth:`_check_usable`
+        (a successful load sets ``self._failed = None``: the data set is usable)."""
+        self.bad_files.record(self.entries[index]["path"], _reason(error), f"{type(error).__name__}: {error}",
+                              index, epoch)
+        if self._failed is not None:
+            self._failed.add(index)
 
     def _load(self, entry: dict) -> torch.Tensor:
         sr, wave = self.sample_rate, load_audio(entry["path"], self.sample_rate)
@@ -215,11 +272,13 @@ class AudioClipDataset(_EpochMixin, torch.utils.data.Dataset):
         """Item for ``index`` or ``(epoch, index)``; ``None`` if the file is bad (the failure is logged)."""
         epoch, index = _key(key, self.epoch, len(self.entries))
         entry = self.entries[index]
+        self._check_usable()
         try:
             wave = self._load(entry)
         except (OSError, ValueError, RuntimeError, EOFError) as e:
-            self.bad_files.record(entry["path"], _reason(e), f"{type(e).__name__}: {e}", index, epoch)
+            self._bad(index, epoch, e)
             return None
+        self._failed = None
         n = self.crop_samples
         if n is not None and wave.numel() > n:
             off = int(np.random.default_rng([self.seed, epoch, index]).integers(0, wave.numel() - n + 1))

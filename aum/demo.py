@@ -12,6 +12,7 @@ import time
 import torch
 
 from aum.audio import load_audio
+from aum.cli import run_cli
 from aum.features import get_preset, waveform_to_features
 from aum.models import create_model, list_models
 from aum.ops import cuda_kernels
@@ -32,8 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> None:
-    """Encode one clip and print shapes, token count and timings."""
+def main(argv=None) -> int:
+    """Entry point of ``aum-encode`` / ``python -m aum``: encode one clip and print shapes, token count and
+    timings. Returns the exit status: 0 done, 2 an input error (audio file, checkpoint, preset; one message)."""
+    return run_cli("aum-encode", _encode, argv)
+
+
+def _encode(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.file:
         wave, source = load_audio(args.file), args.file
@@ -73,3 +79,4 @@ def main(argv=None) -> None:
           + (f", logits {tuple(out.logits.shape)}" if out.logits is not None else ""))
     print(f"time       : {t_model:.2f} s for the encoder forward ({wave.numel() / 16000 / t_model:.1f}x real time)")
     print(f"embedding  : first values {[round(v, 4) for v in out.pooled[0, :4].tolist()]}")
+    return 0

@@ -33,11 +33,12 @@ from typing import Literal
 
 import torch
 
+from aum.checkpoint import feature_preset_of
 from aum.features import KALDI_SAMPLE_RATE, fbank, get_preset, normalize
 
 __all__ = ["FRAME_SHIFT_MS", "FRAME_LENGTH_MS", "column_times_ms", "fbank_frames", "column_embeddings",
            "shifted_column_embeddings", "interpolate_columns", "embed_waveform", "scene_embedding",
-           "window_starts", "pad_value_for"]
+           "window_starts", "pad_value_for", "check_audio_batch"]
 
 FRAME_SHIFT_MS = 10.0
 FRAME_LENGTH_MS = 25.0
@@ -267,13 +268,41 @@ def interpolate_columns(emb: torch.Tensor, times_ms: torch.Tensor, new_times_ms:
     return emb[..., lo, :] * (1 - w) + emb[..., hi, :] * w
 
 
-def _batch_waves(wave) -> tuple[torch.Tensor, bool]:
+def check_audio_batch(wave, name: str = "audio") -> tuple[torch.Tensor, bool]:
+    """Check waveforms ``[n_samples]`` or ``[n_sounds, n_samples]`` and return ``(batch [n_sounds, n_samples],
+    was_1d)``, the samples unchanged (no scaling, no cast, no padding).
+
+    Raises ``ValueError`` naming ``name`` when the audio is not 1-D or 2-D; has an integer, boolean or complex
+    dtype (int16 PCM must be scaled to [-1, 1] first: it is never rescaled here); has zero samples per sound;
+    has shape ``(n, 1)`` with ``n > 1`` (one sample per sound: almost always a ``[n_samples, 1]`` column that
+    should be transposed); or holds NaN/Inf, counted over the sound's own samples. An empty batch
+    ``(0, n_samples)`` is allowed.
+    """
     w = torch.as_tensor(wave)
-    if w.dim() == 1:
-        return w[None], True
+    single = w.dim() == 1
+    if single:
+        w = w[None]
     if w.dim() != 2:
-        raise ValueError(f"expected audio [n_samples] or [n_sounds, n_samples], got {tuple(w.shape)}")
-    return w, False
+        raise ValueError(f"{name}: expected audio [n_samples] or [n_sounds, n_samples], got shape {tuple(w.shape)}")
+    if w.dtype == torch.bool or not w.is_floating_point():
+        kind = "complex" if w.is_complex() else "integer" if w.dtype != torch.bool else "boolean"
+        raise ValueError(f"{name}: audio has {kind} dtype {w.dtype}; expected real float samples in [-1, 1] "
+                         f"(int16 PCM: divide by 32768 first; it is not rescaled here)")
+    n_sounds, n_samples = w.shape
+    if n_sounds == 0:
+        return w, single
+    if n_samples == 0:
+        raise ValueError(f"{name}: zero-length audio (shape {tuple(w.shape)}): every sound needs samples")
+    if n_samples == 1 and n_sounds > 1:
+        raise ValueError(f"{name}: audio of shape {tuple(w.shape)} is {n_sounds} sounds of 1 sample each; a "
+                         f"[n_samples, 1] column? pass [n_sounds, n_samples] (e.g. audio.T)")
+    bad = (~torch.isfinite(w)).sum(dim=1)
+    if bool(bad.any()):
+        first = int(torch.nonzero(bad)[0, 0])
+        others = int((bad > 0).sum()) - 1
+        raise ValueError(f"{name}: sound {first} has {int(bad[first])} non-finite (NaN/Inf) of its {n_samples} "
+                         f"samples" + (f" ({others} more sound(s) have some)" if others else ""))
+    return w, single
 
 
 def _features(waves: torch.Tensor, preset, pad_left: int, pad_right: int, chunk_frames: int) -> torch.Tensor:
@@ -289,7 +318,13 @@ def _features(waves: torch.Tensor, preset, pad_left: int, pad_right: int, chunk_
     return torch.stack(feats)
 
 
-def embed_waveform(model, wave, sample_rate: int = KALDI_SAMPLE_RATE, preset="audioset", hop_ms: float = 40.0,
+def _preset_for(model, preset):
+    """``preset`` when given (it wins, silently), else the model's own (:func:`aum.checkpoint.feature_preset_of`:
+    what :func:`aum.checkpoint.load_checkpoint` found in the file; ``audioset`` for a model built in memory)."""
+    return get_preset(preset) if preset is not None else feature_preset_of(model)
+
+
+def embed_waveform(model, wave, sample_rate: int = KALDI_SAMPLE_RATE, preset=None, hop_ms: float = 40.0,
                    method: Literal["shift", "interp", "native"] = "shift", window_frames: int | None = None,
                    hop_frames: int | None = None, layer: int | None = None, combine: Combine = "mean",
                    batch_size: int = 8, pad_to_window: bool = True, chunk_frames: int = 6000):
@@ -307,11 +342,12 @@ def embed_waveform(model, wave, sample_rate: int = KALDI_SAMPLE_RATE, preset="au
 
     The waveform is padded with zeros at the start so that a column centre falls on 0 ms (87.5 ms for
     16-frame patches) and at the end so that the last timestamp has a full column. The other arguments are
-    those of :func:`column_embeddings`; features use the normalisation ``preset``. Returns
+    those of :func:`column_embeddings`; features use the normalisation ``preset`` (default: the model's own
+    ``feature_preset``, set by :func:`aum.checkpoint.load_checkpoint`, else ``audioset``). Returns
     ``embeddings`` float32 ``[n_sounds, n, D']`` (``[n, D']`` for 1-D input) and ``timestamps_ms`` float64
     ``[n]``.
     """
-    waves, single = _batch_waves(wave)
+    waves, single = check_audio_batch(wave)
     if sample_rate != KALDI_SAMPLE_RATE:
         from aum.audio import resample
         waves = resample(waves.to(torch.float32), sample_rate, KALDI_SAMPLE_RATE)
@@ -340,6 +376,7 @@ def embed_waveform(model, wave, sample_rate: int = KALDI_SAMPLE_RATE, preset="au
     frames_needed = int(round(last_ms / FRAME_SHIFT_MS)) + pt
     samples_needed = (frames_needed - 1) * _HOP_SAMPLES + _WIN_SAMPLES
     pad_right = max(0, samples_needed - pad_left - n)
+    preset = _preset_for(model, preset)
     feats = _features(waves, preset, pad_left, pad_right, chunk_frames)
     kw = dict(window_frames=window_frames, hop_frames=hop_frames, layer=layer, combine=combine,
               batch_size=batch_size, pad_value=pad_value_for(preset), pad_to_window=pad_to_window)
@@ -373,7 +410,7 @@ def parse_pooling(pooling: str) -> list[str]:
     return names
 
 
-def scene_embedding(model, wave, sample_rate: int = KALDI_SAMPLE_RATE, preset="audioset",
+def scene_embedding(model, wave, sample_rate: int = KALDI_SAMPLE_RATE, preset=None,
                     pooling: str = "mean", window_frames: int | None = None,
                     hop_frames: int | None = None, layer: int | list[int] | None = None, combine: Combine = "mean",
                     batch_size: int = 8, pad_to_window: bool = True, chunk_frames: int = 6000):
@@ -385,12 +422,14 @@ def scene_embedding(model, wave, sample_rate: int = KALDI_SAMPLE_RATE, preset="a
     ``D'`` values, see ``combine``), ``"max"`` (their element-wise maximum, ``D'`` values) and ``"cls"`` (the
     class-token output, window-weighted mean for long clips; ``D`` values; needs a class token), joined by
     ``+`` and concatenated in that order: ``"mean+max"`` is the pooling of the HEAR naive baselines.
+    ``preset`` as in :func:`embed_waveform` (default: the model's own).
     """
     parts_wanted = parse_pooling(pooling)
-    waves, single = _batch_waves(wave)
+    waves, single = check_audio_batch(wave)
     if sample_rate != KALDI_SAMPLE_RATE:
         from aum.audio import resample
         waves = resample(waves.to(torch.float32), sample_rate, KALDI_SAMPLE_RATE)
+    preset = _preset_for(model, preset)
     feats = _features(waves, preset, 0, 0, chunk_frames)
     emb, _, cls = column_embeddings(model, feats, window_frames=window_frames, hop_frames=hop_frames, layer=layer,
                                     combine=combine, batch_size=batch_size, pad_value=pad_value_for(preset),

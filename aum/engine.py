@@ -4,9 +4,9 @@ A task supplies a model, a map-style dataset and ``step_fn(model, batch) -> (los
 everything else: device placement, DDP, mixed precision, gradient accumulation (``no_sync`` on all but the last
 micro-step), clipping, AdamW/Adam with no decay on norms/biases/SSM parameters/embeddings, the learning-rate
 schedule (:func:`lr_at`), a resumable deterministic sampler (:class:`ResumableBatchSampler`), atomic rotating
-checkpoints that load with ``torch.load(weights_only=True)``, exact resume, SIGTERM/SIGUSR1 pre-emption, optional
-periodic evaluation with best-on-validation model selection (:mod:`aum.selection`), and logging (tqdm,
-``metrics.jsonl``, TensorBoard, ``log.txt``, images).
+checkpoints that load with ``torch.load(weights_only=True)``, exact resume, a final checkpoint and a clean stop
+at SIGTERM/SIGUSR1 (pre-emption) or SIGINT (Ctrl-C), optional periodic evaluation with best-on-validation model
+selection (:mod:`aum.selection`), and logging (tqdm, ``metrics.jsonl``, TensorBoard, ``log.txt``, images).
 
 The parts live in their own modules, and the names other code imports stay importable from here:
 :mod:`aum.optim` (schedules, decay groups, optimizer), :mod:`aum.train_state` (checkpoint files and resume
@@ -320,7 +320,8 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> dict:
-        """Train (or resume) until ``max_steps`` or a SIGTERM/SIGUSR1; returns ``{"step", "loss" (smoothed),
+        """Train (or resume) until ``max_steps`` or a stop signal (SIGTERM, SIGUSR1, SIGINT: the step under way
+        finishes and is checkpointed); returns ``{"step", "loss" (smoothed),
         "checkpoint" (path of the newest checkpoint), "stopped_by": "done"|"signal", "best": the best weights on
         validation (:meth:`aum.selection.BestKeeper.summary`) or None}``.
 

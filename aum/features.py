@@ -12,6 +12,8 @@ preset's frame count -> ``(fbank - mean) / (2 * std)`` with the dataset's statis
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import operator
 from dataclasses import dataclass
 from typing import Literal
@@ -24,7 +26,7 @@ from .audio import resample, validate_waveform
 
 __all__ = [
     "FbankConfig", "NORM_PRESETS", "UnknownPresetError", "get_preset", "fbank", "pad_or_cut", "normalize",
-    "waveform_to_features", "epic_logmel", "NUM_MEL_BINS",
+    "waveform_to_features", "epic_logmel", "NUM_MEL_BINS", "preset_record", "preset_from_record",
 ]
 
 NUM_MEL_BINS = 128
@@ -87,6 +89,46 @@ def get_preset(name: str | FbankConfig) -> FbankConfig:
     if key not in NORM_PRESETS:
         raise UnknownPresetError(f"unknown feature preset {name!r}; valid presets: {', '.join(NORM_PRESETS)}")
     return NORM_PRESETS[key]
+
+
+def preset_record(preset: str | FbankConfig, source: str, target_frames: int | None = None) -> dict:
+    """JSON-ready record of a preset, as checkpoints store it (``aum_features``): ``name``, ``sample_rate``,
+    ``num_mel_bins``, ``mean``, ``std``, ``target_frames`` (the given length the model was trained on, else
+    the preset's) and ``source`` (where the choice came from, e.g. ``"pretrain:runs/x"``)."""
+    cfg = get_preset(preset)
+    return {"name": cfg.name, "sample_rate": cfg.sample_rate, "num_mel_bins": NUM_MEL_BINS, "mean": cfg.mean,
+            "std": cfg.std, "target_frames": cfg.target_frames if target_frames is None else int(target_frames),
+            "source": str(source)}
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def preset_from_record(record) -> FbankConfig:
+    """The :class:`FbankConfig` a :func:`preset_record` describes: the named preset with the record's ``mean``,
+    ``std`` and ``target_frames`` (missing fields keep the preset's). Raises ``ValueError`` saying what is
+    wrong when the record is not an object with a known ``name``, has another ``sample_rate`` or
+    ``num_mel_bins`` than that preset's front end produces, or ill-typed statistics or length."""
+    if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+        raise ValueError(f"feature preset record must be a JSON object with a 'name', got {record!r}")
+    base = get_preset(record["name"])
+    for key, want in (("sample_rate", base.sample_rate), ("num_mel_bins", NUM_MEL_BINS)):
+        if record.get(key, want) != want:
+            raise ValueError(f"feature preset {base.name!r} records {key} {record[key]!r}, but its front end "
+                             f"produces {want}")
+    mean, std, frames = (record.get(k, getattr(base, k)) for k in ("mean", "std", "target_frames"))
+    if base.mean is None:
+        if mean is not None or std is not None:
+            raise ValueError(f"feature preset {base.name!r} is not normalised, but records mean {mean!r}, std {std!r}")
+    elif not (_finite_number(mean) and _finite_number(std) and std > 0):
+        raise ValueError(f"feature preset {base.name!r} records mean {mean!r}, std {std!r}: expected finite "
+                         f"numbers, std > 0")
+    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames <= 0):
+        raise ValueError(f"feature preset {base.name!r} records target_frames {frames!r}: expected a positive "
+                         f"integer or null")
+    return dataclasses.replace(base, mean=None if mean is None else float(mean),
+                               std=None if std is None else float(std), target_frames=frames)
 
 
 def _to_rate(wave: torch.Tensor, sample_rate: int, target_sr: int) -> torch.Tensor:

@@ -1,10 +1,10 @@
 """Process-wide settings that a training run of :class:`aum.engine.Trainer` changes for its duration and restores
-afterwards: deterministic algorithms (:func:`deterministic_mode`) and the pre-emption signals SIGTERM / SIGUSR1
-(:func:`stop_signals` in the main process, :func:`ignore_stop_signals` in DataLoader workers).
+afterwards: deterministic algorithms (:func:`deterministic_mode`) and the stop signals SIGTERM / SIGUSR1 (pre-emption)
+and SIGINT (Ctrl-C) (:func:`stop_signals` in the main process, :func:`ignore_stop_signals` in DataLoader workers).
 
-SLURM sends its pre-emption signal to every process of the job step; the training process records it and stops
-between steps after a checkpoint, while the data workers ignore it and live until the main process shuts them
-down.
+SLURM sends its pre-emption signal to every process of the job step, and a terminal sends Ctrl-C to the whole
+foreground process group; the training process records the signal and stops between steps after a checkpoint,
+while the data workers ignore it and live until the main process shuts them down.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 
 __all__ = ["STOP_SIGNALS", "deterministic_mode", "stop_signals", "ignore_stop_signals"]
 
-STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None)
+STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None), signal.SIGINT) if s is not None)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ old or the new file; ``last`` is updated only after its checkpoint is complete. 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CKPT_FORMAT", "atomic_write", "step_checkpoint_path", "write_train_state", "latest_checkpoint",
+__all__ = ["CKPT_FORMAT", "DiskFullError", "atomic_write", "step_checkpoint_path", "write_train_state", "latest_checkpoint",
            "load_checkpoint", "read_train_state", "changed_settings", "rescale_offset", "truncate_metrics"]
 
 CKPT_FORMAT = "aum-engine/1"
@@ -40,10 +41,37 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+class DiskFullError(OSError):
+    """A file could not be written because its device is full (``errno`` ENOSPC): the message says which file
+    (and, from :func:`write_train_state`, which checkpoint is the last good one). Its ``__cause__`` is the
+    original error (an ``OSError``, or torch's ``RuntimeError`` from ``inline_container.cc``)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from or while handling) is a full device: an ``OSError`` with
+    ENOSPC/EDQUOT, text saying "No space left on device", or torch's ``inline_container`` writer reporting that a
+    file write failed (what ``torch.save`` to a path says when the disk fills)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text:
+            return True
+        if isinstance(exc, RuntimeError) and "inline_container" in text and "write failed" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
     """Replace ``path`` atomically with what ``write(binary_file)`` writes: a temporary file next to it
     (``.NAME.tmp-PID``), fsynced, renamed over ``path``, then the folder fsynced. The temporary file never
-    outlives the call."""
+    outlives the call. A full device raises :class:`DiskFullError` ("no space left on device writing PATH")
+    and leaves ``path`` as it was."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -51,6 +79,10 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, DiskFullError) or not _is_disk_full(e):
+            raise
+        raise DiskFullError(f"no space left on device writing {path}") from e
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -65,12 +97,18 @@ def step_checkpoint_path(ckpt_dir: Path, step: int) -> Path:
 def write_train_state(ckpt_dir: Path, path: Path, state: dict, keep_last: int) -> None:
     """Save ``state`` to ``path`` in ``ckpt_dir`` atomically, point ``last`` at it and delete all but the newest
     ``keep_last`` ``step_*.pt`` files (``keep_last == 0`` keeps all). Temporary files a run killed while writing
-    left behind are removed first."""
+    left behind are removed first. A full device raises :class:`DiskFullError` naming ``path`` and the last good
+    checkpoint (the one a resume would load), which is left intact."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     for stale in ckpt_dir.glob(".*.tmp-*"):      # left by a run killed while writing
         stale.unlink(missing_ok=True)
-    atomic_write(path, lambda f: torch.save(state, f))
-    atomic_write(ckpt_dir / "last", lambda f: f.write(path.name.encode() + b"\n"))
+    try:
+        atomic_write(path, lambda f: torch.save(state, f))
+        atomic_write(ckpt_dir / "last", lambda f: f.write(path.name.encode() + b"\n"))
+    except DiskFullError as e:
+        good = _newest_in(ckpt_dir)
+        raise DiskFullError(f"{e}; the last good checkpoint is {good or 'none (no checkpoint was completed)'}") \
+            from e.__cause__
     if keep_last > 0:
         for old in sorted(ckpt_dir.glob("step_*.pt"))[:-keep_last]:
             old.unlink(missing_ok=True)
@@ -92,7 +130,10 @@ def read_pointer(ckdir: Path, name: str) -> Path | None:
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a run: the one ``checkpoints/last`` names, else the highest
     ``step_*.pt``; ``None`` when there is none."""
-    ckdir = Path(out_dir) / "checkpoints"
+    return _newest_in(Path(out_dir) / "checkpoints")
+
+
+def _newest_in(ckdir: Path) -> Path | None:
     target = read_pointer(ckdir, "last")
     if target is not None:
         return target

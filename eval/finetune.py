@@ -32,14 +32,16 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from aum.checkpoint import infer_config, read_checkpoint, save_checkpoint
-from aum.config import load_config, save_config, to_dataclass
+from aum.checkpoint import feature_preset_of, infer_config, read_checkpoint, save_checkpoint
+from aum.cli import EXIT_OK, RunStopped, run_cli, save_run_config, stopped_message
+from aum.config import load_config, to_dataclass
 from aum.convert import load_raw_into
 from aum.data import collate_skip_bad, format_bad_file_report
 from aum.distributed import barrier, dist_env
 from aum.engine import EngineConfig, Trainer, latest_checkpoint
+from aum.features import get_preset
 from aum.models import AuM, AuMConfig
-from aum.models.registry import PRESETS, model_config
+from aum.models.registry import PRESETS, check_model_options, model_config, preset_fields
 from aum.selection import load_best
 from eval.ft_data import FinetuneDataset, balanced_weights, check_entries, load_manifest, make_splits
 from eval.metrics import score
@@ -99,9 +101,10 @@ class FinetuneConfig(BenchmarkFile):
 
 
 def load_finetune_config(benchmark: str, overrides=()) -> FinetuneConfig:
-    """The checked config: the benchmark's YAML, then ``key=value`` overrides."""
+    """The checked config: the benchmark's YAML, then ``key=value`` overrides (``model.*`` choices checked too)."""
     cfg = to_dataclass(load_config(FinetuneConfig, recipe_path(benchmark), overrides), FinetuneConfig)
     check_benchmark(cfg)
+    check_model_options("model.", **asdict(cfg.model))
     return cfg
 
 
@@ -123,11 +126,20 @@ def build_model(cfg: FinetuneConfig, init: str, path: str | None):
         arch = dict(raw.config)
     arch = {k: v for k, v in arch.items() if k in ARCH_KEYS}
     if raw is not None and cfg.model.preset:
-        arch.update(PRESETS[cfg.model.preset])
+        arch.update(preset_fields(cfg.model.preset))
     arch.update({k: v for k, v in asdict(cfg.model).items() if k != "preset" and v is not None})
     model = AuM(AuMConfig.from_dict({**arch, "num_classes": cfg.benchmark.num_classes,
                                      "target_frames": cfg.benchmark.target_frames}))
-    return model, (load_raw_into(model, raw) if raw is not None else None)
+    if raw is None:
+        return model, None
+    report = load_raw_into(model, raw)
+    if raw.kind == "aum":    # the recipe's benchmark.preset feeds the training; say so when the init differs
+        init, want = feature_preset_of(raw), get_preset(cfg.benchmark.preset)
+        if (init.name, init.mean, init.std) != (want.name, want.mean, want.std):
+            report.notes.append(f"init checkpoint trained with feature preset {init.name!r}; fine-tuning feeds "
+                                f"{want.name!r} (benchmark.preset)")
+            log.warning("%s: %s", raw.path, report.notes[-1])
+    return model, report
 
 
 def loss_fn(kind: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -175,11 +187,11 @@ def _cap(entries: list[dict], n: int) -> list[dict]:
     return [e for i, e in enumerate(entries) if i in keep]
 
 
-def run_one(cfg: FinetuneConfig, entries, classes, init: str, path: str | None, out_dir: Path,
-            fold: int | None) -> tuple[str, ResultRecord | None]:
-    """Fine-tune one run (one fold) and score it: ``("done", record)`` on rank 0, ``("done", None)`` on the other
-    ranks, ``("signal", None)`` when SIGTERM/SIGUSR1 stopped the training (rerun to resume)."""
-    t0, b, r, run = time.perf_counter(), cfg.benchmark, cfg.recipe, cfg.run
+def plan_fold(cfg: FinetuneConfig, entries, fold: int | None) -> tuple[dict, int, int]:
+    """``(splits, micro-batch per rank, steps per epoch)`` of one run (one fold), the splits capped as ``run.*``
+    says; ``ValueError`` when the recipe's batch cannot be split over the ranks or is larger than the training
+    split."""
+    b, r, run = cfg.benchmark, cfg.recipe, cfg.run
     splits = make_splits(entries, b, fold)
     splits = {"train": _cap(splits["train"], run.max_train_clips), "valid": _cap(splits["valid"], run.max_eval_clips),
               "test": _cap(splits["test"], run.max_eval_clips)}
@@ -190,7 +202,15 @@ def run_one(cfg: FinetuneConfig, entries, classes, init: str, path: str | None, 
                          f"run.grad_accum {run.grad_accum}")
     if len(splits["train"]) < r.batch_size:
         raise ValueError(f"{b.name}: {len(splits['train'])} training clips are fewer than one batch ({r.batch_size})")
-    steps_per_epoch = max(1, (len(splits["train"]) // world // micro) // run.grad_accum)
+    return splits, micro, max(1, (len(splits["train"]) // world // micro) // run.grad_accum)
+
+
+def run_one(cfg: FinetuneConfig, entries, classes, init: str, path: str | None, out_dir: Path,
+            fold: int | None) -> tuple[str, ResultRecord | None]:
+    """Fine-tune one run (one fold) and score it: ``("done", record)`` on rank 0, ``("done", None)`` on the other
+    ranks, ``("signal", None)`` when SIGTERM/SIGUSR1/SIGINT stopped the training (rerun to resume)."""
+    t0, b, r, run = time.perf_counter(), cfg.benchmark, cfg.recipe, cfg.run
+    splits, micro, steps_per_epoch = plan_fold(cfg, entries, fold)
     with torch.random.fork_rng(devices=[]):                  # the fresh weights (head, or all) depend on the seed only
         torch.manual_seed(run.seed)
         model, report = build_model(cfg, init, path)
@@ -232,7 +252,8 @@ def run_one(cfg: FinetuneConfig, entries, classes, init: str, path: str | None, 
     (out_dir / "test_metrics.json").write_text(json.dumps({"best_step": best["step"], **test,
                                                            **best["metrics"]}, indent=2) + "\n")
     ckpt = save_checkpoint(trainer.module, out_dir / "best.safetensors", metadata={
-        "benchmark": b.name, "fold": fold, "step": best["step"], "classes": classes})
+        "benchmark": b.name, "fold": fold, "step": best["step"], "classes": classes},
+        feature_preset=b.preset, feature_source=f"finetune:{b.name}")
     bad = format_bad_file_report(bad_log) if bad_log.exists() else "bad audio files: none"
     rec = ResultRecord(
         benchmark=b.name, mode="finetune", init=INITS[init][0],
@@ -253,8 +274,18 @@ def run_one(cfg: FinetuneConfig, entries, classes, init: str, path: str | None, 
     return "done", rec
 
 
+#: ``run.*`` keys that may change when a run folder with checkpoints is started again.
+RESUMABLE_CHANGES = tuple(f"run.{k}" for k in (
+    "out", "fold", "resume", "max_steps", "device", "num_workers", "log_every", "ckpt_every", "keep_last",
+    "eval_batch_size", "check_files", "model_name"))
+
+
 def finetune(cfg: FinetuneConfig, manifest, init: str = "scratch", path: str | None = None) -> list[ResultRecord]:
-    """Fine-tune as configured (every fold of a k-fold benchmark with ``run.fold=all``); returns the records."""
+    """Fine-tune as configured (every fold of a k-fold benchmark with ``run.fold=all``); returns the records.
+
+    Everything is checked (init, folds, manifest, clips, batches) before ``run.out/config.yaml`` is written; a
+    folder with checkpoints of a different config is refused (:func:`aum.cli.save_run_config`). Raises
+    :class:`aum.cli.RunStopped` when a signal stopped the training after a checkpoint (rerun to resume)."""
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {sorted(INITS)}")
     if (init == "scratch") != (path is None):
@@ -271,15 +302,18 @@ def finetune(cfg: FinetuneConfig, manifest, init: str = "scratch", path: str | N
     if not run.out:
         run.out = f"runs/finetune/{b.name}_{init}_seed{run.seed}"
     folds = [None] if not b.folds else (list(range(1, b.folds + 1)) if run.fold == "all" else [int(run.fold)])
+    for fold in folds:                        # every fold's batches can be formed: checked before writing anything
+        plan_fold(cfg, entries, fold)
     out = Path(run.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(OmegaConf.structured(cfg), out / "config.yaml")
+    save_run_config(OmegaConf.structured(cfg), out, run.resume, RESUMABLE_CHANGES, "run.resume")
     records = []
     for fold in folds:
-        status, rec = run_one(cfg, entries, classes, init, path, out if fold is None else out / f"fold{fold}", fold)
+        fold_out = out if fold is None else out / f"fold{fold}"
+        status, rec = run_one(cfg, entries, classes, init, path, fold_out, fold)
         barrier()
-        if status == "signal":
-            break                             # pre-empted: the next invocation resumes this fold
+        if status == "signal":                # pre-empted: the next invocation resumes this fold
+            raise RunStopped(f"fine-tuning {b.name}{'' if fold is None else f' fold {fold}'} stopped by a signal "
+                             f"after a checkpoint in {fold_out}")
         if rec is not None:
             records.append(rec)
     if len(records) > 1:
@@ -333,9 +367,17 @@ def run(argv=None) -> list[ResultRecord]:
 
 
 def main(argv=None) -> int:
-    """Command-line entry point (``aum-finetune``); the exit status."""
-    run(argv)
-    return 0
+    """Command-line entry point (``aum-finetune``); the exit status: 0 done, 2 a usage / config / data error (one
+    message; ``--debug`` adds the traceback), 3 stopped by a signal after a checkpoint (rerun to resume)."""
+
+    def body(words: list[str]) -> int:
+        try:
+            run(words)
+        except RunStopped as e:
+            raise RunStopped(stopped_message("aum-finetune", words, str(e))) from None
+        return EXIT_OK
+
+    return run_cli("aum-finetune", body, argv)
 
 
 if __name__ == "__main__":

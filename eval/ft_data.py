@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from aum.audio import load_audio, resample, validate_waveform
 from aum.data import AudioClipDataset, _crop_samples, _key, _reason
 from aum.features import epic_logmel, fbank, get_preset, normalize, pad_or_cut
-from eval.augment import mix_targets, mix_waves, mixup_lambda, noise_and_roll, spec_augment, time_warp
+from eval.augment import (epic_spec_augment, mix_targets, mix_waves, mixup_lambda, noise_and_roll, spec_augment,
+                          time_warp)
 from eval.prepare.common import CLASSES, PrepareError, read_classes
 from eval.prepare.custom import hash_unit
 
@@ -186,7 +187,19 @@ class FinetuneDataset(AudioClipDataset):
         return super()._load(entry)
 
     def _crop(self, wave: torch.Tensor, rng) -> torch.Tensor:
-        n = self.crop_samples
+        """The samples of ``wave`` that the item's features come from (``bench.train_crop``).
+
+        ``window`` (EPIC-Sounds, as its official loader): a window of ``train_window_s`` seconds at an offset
+        uniform in [0, len - window] (clips no longer than it: the whole clip; evaluation: offset 0), of which only
+        the first ``target_frames`` frames are kept, so only the samples those frames see are returned (one frame
+        more, so that the last kept frame covers real audio, not padding; the extra frame is cut)."""
+        n, bench = self.crop_samples, self.bench
+        if bench.train_crop == "window":
+            window = round(bench.train_window_s * self.sample_rate)
+            long = self.train and wave.numel() > window
+            off = int(rng.integers(0, wave.numel() - window + 1)) if long else 0
+            keep = _crop_samples(self.crop_frames + 1, self.sample_rate, self.preset)
+            return wave[off:off + min(window, keep)]
         if wave.numel() <= n:
             return wave
         off = int(rng.integers(0, wave.numel() - n + 1)) if self.train and self.bench.train_crop == "random" else 0
@@ -212,11 +225,13 @@ class FinetuneDataset(AudioClipDataset):
         epoch, position = _key(key, self.epoch, len(self.entries))
         index = self._position(epoch, position)
         rng = np.random.default_rng([self.seed, epoch, position])
+        self._check_usable()          # raises once only bad files were seen (aum.data.MAX_BAD_LOADS)
         try:
             wave = self._crop(self._load(self.entries[index]), rng)
         except (OSError, ValueError, RuntimeError, EOFError, KeyError) as e:
-            self.bad_files.record(self.entries[index]["path"], _reason(e), f"{type(e).__name__}: {e}", index, epoch)
+            self._bad(index, epoch, e)
             return None
+        self._failed = None
         target = self.target(index)
         r = self.recipe
         if self.train and r.mixup > 0 and rng.random() < r.mixup:
@@ -231,8 +246,11 @@ class FinetuneDataset(AudioClipDataset):
         feats = self._features(wave)
         if self.train:
             feats = time_warp(feats, rng, r.time_warp)
-            mask_value = 0.0 if self.preset.normalized else float(feats.mean())
-            feats = spec_augment(feats, rng, r.freqm, r.timem, r.freq_masks, r.time_masks, mask_value)
+            if r.mask_style == "epic":
+                feats = epic_spec_augment(feats, rng, r.freqm, r.timem, r.freq_masks, r.time_masks)
+            else:
+                mask_value = 0.0 if self.preset.normalized else float(feats.mean())
+                feats = spec_augment(feats, rng, r.freqm, r.timem, r.freq_masks, r.time_masks, mask_value)
         if self.preset.normalized:
             feats = normalize(feats, self.preset.mean, self.preset.std)
         if self.train and r.noise:

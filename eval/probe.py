@@ -33,7 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aum.cli import run_cli
+from aum.checkpoint import feature_preset_of
 from aum.data import read_manifest
+from aum.features import FbankConfig, get_preset
 from aum.models import PRESETS
 from eval.embeddings import DEFAULT_EMBEDDING, EMBEDDINGS, Encoder, get_embeddings
 from eval.linear import C_GRID, CLASSIFIERS, evaluate, fit_probe, inner_splits, select_regularisation
@@ -51,7 +54,7 @@ class ProbeBenchmark:
     multilabel: bool = False
     metric: str = "accuracy"
     folds: int | None = None          # number of cross-validation folds; None: train / valid / test splits
-    preset: str = "audioset"          # feature normalisation preset (aum.features.NORM_PRESETS)
+    preset: str | FbankConfig = "audioset"   # feature preset (aum.features.NORM_PRESETS) for random encoders
     target_frames: int | None = 1024
 
 
@@ -92,6 +95,35 @@ def benchmark_info(name: str, **overrides) -> ProbeBenchmark:
                     "unless given on the command line", name)
         info = ProbeBenchmark(key)
     return dataclasses.replace(info, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def probe_benchmark(args: argparse.Namespace) -> ProbeBenchmark:
+    """The benchmark properties a parsed command line (:func:`build_parser`) probes with, checked without
+    reading audio: ``ValueError`` for a metric or feature preset that does not exist (naming the flag and the
+    valid values)."""
+    from aum.features import get_preset
+    from eval.registry import METRICS
+    info = benchmark_info(args.benchmark, multilabel=args.multilabel, metric=args.metric, preset=args.preset,
+                          target_frames=args.frames, folds=args.folds)
+    if info.metric not in METRICS:
+        raise ValueError(f"--metric must be one of {', '.join(METRICS)}; got {info.metric!r}")
+    try:
+        get_preset(info.preset)
+    except KeyError as e:
+        raise ValueError(f"--preset: {e}") from None
+    return info
+
+
+def checkpoint_preset(info: ProbeBenchmark, checkpoint, explicit: str | None = None) -> FbankConfig:
+    """The features a frozen ``checkpoint`` is probed with: ``explicit`` (``--preset``) when given, else the
+    preset the checkpoint records (:func:`aum.checkpoint.feature_preset_of`: ``audioset`` with one warning
+    for a file that records none), not the benchmark's default ``info.preset``, which only feeds random
+    encoders. A logged line says when it replaces the benchmark's."""
+    chosen = feature_preset_of(checkpoint, explicit=explicit)
+    if explicit is None and chosen.name != get_preset(info.preset).name:
+        log.info("%s: feeding %s its own feature preset %r instead of the benchmark's %r", info.name, checkpoint,
+                 chosen.name, get_preset(info.preset).name)
+    return chosen
 
 
 def entries_from_pack(folder, benchmark: str = "esc10") -> list[dict]:
@@ -235,7 +267,7 @@ def run_probe(info: ProbeBenchmark, entries, encoder: Encoder, args) -> list[Res
     Y, classes = encode_labels([entries[r] for r in rows], info.multilabel)
     results = probe_scores(X, Y, info, entries, rows, args.c_grid, args.classifier)
     name = args.model_name or model_name(facts["config"])
-    config = {"embedding": args.embedding, "layer": args.layer, "preset": info.preset,
+    config = {"embedding": args.embedding, "layer": args.layer, "preset": get_preset(info.preset).name,
               "target_frames": info.target_frames, "classifier": args.classifier, "c_grid": list(args.c_grid),
               "multilabel": info.multilabel, "encoder": encoder.source, "encoder_config": facts["config"]}
     common = dict(benchmark=info.name, mode="probe", init=args.init, model=name, metric=info.metric,
@@ -285,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads); on a shared machine 1 "
                                                "can be several times faster than the default")
+    p.add_argument("--debug", action="store_true",                     # taken out by aum.cli.run_cli
+                   help="show the traceback of an input error")
     g = p.add_argument_group("benchmark properties (default: from eval.registry or the built-in table)")
     g.add_argument("--multilabel", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--metric", help="accuracy or mAP")
@@ -295,7 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Entry point of ``python -m eval.probe``; prints each fold and the mean +- std."""
+    """Entry point of ``python -m eval.probe`` / ``aum-probe``; prints each fold and the mean +- std. Returns the
+    exit status: 0 done, 2 a usage or input error (benchmark, manifest, checkpoint: one message, the traceback
+    with ``--debug``)."""
+    return run_cli("aum-probe", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     if args.checkpoint and not args.init:
@@ -303,8 +343,9 @@ def main(argv=None) -> int:
     args.init = args.init or "scratch"
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = benchmark_info(args.benchmark, multilabel=args.multilabel, metric=args.metric, preset=args.preset,
-                          target_frames=args.frames, folds=args.folds)
+    info = probe_benchmark(args)
+    if args.checkpoint:
+        info = dataclasses.replace(info, preset=checkpoint_preset(info, args.checkpoint, args.preset))
     entries = load_entries(args.manifest, info.name)
     overrides = {"depth": args.depth} if args.depth else {}
     encoder = (Encoder.from_checkpoint(args.checkpoint, **overrides) if args.checkpoint

@@ -17,7 +17,8 @@ Embeddings (all computed by :mod:`aum.embed`, which handles any length in bounde
 
 - audio: float32 ``[n_sounds, n_samples]`` at 16 kHz (``model.sample_rate``), any length (a 10 ms clip, a
   10-minute recording), on the model's device; features: the Kaldi fbank of AuM, normalised with the
-  checkpoint's preset (AudioSet statistics by default).
+  checkpoint's preset (AudioSet statistics by default). Integer PCM (e.g. int16), zero-length clips, a
+  ``(n, 1)`` column and NaN/Inf samples are rejected with a ``ValueError`` (never rescaled or padded silently).
 - ``get_timestamp_embeddings``: one vector per time column of patches; the 8 frequency patches of a column
   are **averaged** by default (``combine="concat"`` concatenates them). Timestamps in **ms** at column
   centres ``0, 40, 80, ...`` up to the end of the clip. The native column hop is 160 ms; the default 40 ms hop

@@ -8,22 +8,17 @@ import os
 import sys
 import warnings
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import torch
-from safetensors import safe_open
-
-from aum.checkpoint import load_checkpoint
-from aum.embed import embed_waveform, parse_pooling, scene_embedding
-from aum.features import get_preset
+from aum.checkpoint import feature_preset_of, load_checkpoint
+from aum.embed import check_audio_batch, embed_waveform, parse_pooling, scene_embedding
+from aum.features import FbankConfig, get_preset
 from aum.models import AuM, create_model
 
 
 SAMPLE_RATE = 16000
 DEFAULT_ENV = "AUM_HEAR_CHECKPOINT"
 OPTIONS_ENV = "AUM_HEAR_OPTIONS"
-# Feature statistics implied by an official head's class count (when the checkpoint does not say).
-PRESET_BY_CLASSES = {527: "audioset", 309: "vggsound", 1251: "voxceleb", 35: "speechcommands"}
 
 
 @dataclass
@@ -42,8 +37,10 @@ class EmbeddingOptions:
     - ``window`` / ``window_hop``: encoder window and its hop in frames for long audio (default: the
       model's ``target_frames`` and half of it); ``pad_to_window``: pad shorter clips to one window as in
       AuM training (default) rather than encode them at their own length.
-    - ``features``: normalisation preset (default: the checkpoint's metadata, the class count of an
-      official head, else ``"audioset"``); ``batch_size``: windows per encoder call.
+    - ``features``: normalisation preset (default: the one the checkpoint records,
+      :func:`aum.checkpoint.feature_preset_of`; ``"audioset"``, with one warning, for a checkpoint that records
+      none; given and different from the recorded one, it wins with a warning); ``batch_size``: windows per
+      encoder call.
     """
 
     layer: int | None = None
@@ -78,13 +75,16 @@ class HearAuM(torch.nn.Module):
     sample_rate = SAMPLE_RATE
 
     def __init__(self, encoder: AuM, options: EmbeddingOptions | None = None, source: str = "",
-                 trained: bool = True, preset: str = "audioset"):
+                 trained: bool = True, preset: str | FbankConfig | None = None):
         super().__init__()
         self.encoder = encoder.eval()
         self.options = options or EmbeddingOptions()
         self.source, self.trained = source, trained
-        self.preset = get_preset(self.options.features or preset).name
-        if get_preset(self.preset).kind != "kaldi":
+        # options.features > preset > the encoder's own (load_checkpoint sets it) > audioset
+        self.feature_preset = (feature_preset_of(encoder, explicit=self.options.features) if preset is None
+                               else get_preset(self.options.features or preset))
+        self.preset = self.feature_preset.name
+        if self.feature_preset.kind != "kaldi":
             raise ValueError(f"feature preset {self.preset!r} is not a 16 kHz Kaldi preset; the HEAR wrapper "
                              f"supports audioset, vggsound, voxceleb, speechcommands, none")
         c = encoder.config
@@ -109,9 +109,12 @@ class HearAuM(torch.nn.Module):
                     batch_size=o.batch_size, pad_to_window=o.pad_to_window)
 
     def _audio(self, audio) -> torch.Tensor:
+        """The HEAR input checked (:func:`aum.embed.check_audio_batch`: 2-D float, no zero-length or ``(n, 1)``
+        audio, finite) and moved to the model's device as float32. Integer PCM is rejected, never rescaled."""
         audio = torch.as_tensor(audio)
         if audio.dim() != 2:
             raise ValueError(f"audio must be [n_sounds, n_samples], got shape {tuple(audio.shape)}")
+        audio, _ = check_audio_batch(audio, "audio")
         return audio.to(device=self.device, dtype=torch.float32)
 
     def timestamp_embeddings(self, audio) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +125,7 @@ class HearAuM(torch.nn.Module):
             return (torch.zeros(0, 1, self.timestamp_embedding_size, device=self.device),
                     torch.zeros(0, 1, device=self.device))
         o = self.options
-        emb, times = embed_waveform(self.encoder, audio, SAMPLE_RATE, preset=self.preset, hop_ms=o.hop_ms,
+        emb, times = embed_waveform(self.encoder, audio, SAMPLE_RATE, preset=self.feature_preset, hop_ms=o.hop_ms,
                                     method=o.fine, **self._kw())
         _check_finite(emb, "timestamp embeddings")
         ts = times.to(torch.float32).to(self.device)[None].expand(audio.shape[0], -1).contiguous()
@@ -133,7 +136,7 @@ class HearAuM(torch.nn.Module):
         audio = self._audio(audio)
         if audio.shape[0] == 0:
             return torch.zeros(0, self.scene_embedding_size, device=self.device)
-        emb = scene_embedding(self.encoder, audio, SAMPLE_RATE, preset=self.preset, pooling=self.options.scene,
+        emb = scene_embedding(self.encoder, audio, SAMPLE_RATE, preset=self.feature_preset, pooling=self.options.scene,
                               **self._kw())
         _check_finite(emb, "scene embeddings")
         return emb.to(torch.float32)
@@ -155,20 +158,6 @@ def _loud_warning(message: str) -> None:
     banner = "!" * 100
     print(f"\n{banner}\n{message}\n{banner}\n", file=sys.stderr, flush=True)
     warnings.warn(message, stacklevel=3)
-
-
-def _preset_for(path: str, encoder: AuM) -> str:
-    meta = {}
-    try:
-        if Path(path).is_file() and Path(path).suffix == ".safetensors":
-            with safe_open(path, framework="pt") as f:          # header only; the weights are not read again
-                meta = json.loads((f.metadata() or {}).get("aum_metadata", "{}"))
-    except Exception:  # noqa: BLE001 - metadata is optional; the load itself already succeeded
-        meta = {}
-    for key in ("features", "preset", "feature_preset"):
-        if isinstance(meta.get(key), str):
-            return meta[key]
-    return PRESET_BY_CLASSES.get(encoder.config.num_classes, "audioset")
 
 
 def build(model_file_path: str = "", **options) -> HearAuM:
@@ -196,7 +185,7 @@ def build(model_file_path: str = "", **options) -> HearAuM:
     path = str(model_file_path or os.environ.get(DEFAULT_ENV, "") or "")
     if path and path not in ("random", "default"):
         encoder = load_checkpoint(path, map_location="cpu")
-        return HearAuM(encoder, opts, source=os.path.abspath(path), trained=True, preset=_preset_for(path, encoder))
+        return HearAuM(encoder, opts, source=os.path.abspath(path), trained=True)
     torch.manual_seed(seed)
     overrides = {"depth": int(depth)} if depth is not None else {}
     encoder = create_model(arch, **overrides).eval()

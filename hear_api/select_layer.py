@@ -39,7 +39,7 @@ def layer_embeddings(model, paths: list[str], layers: list[int]) -> tuple[dict[i
         except (OSError, ValueError, RuntimeError) as err:
             bad.append((path, f"{type(err).__name__}: {err}"))
             continue
-        outs = scene_embedding(model.encoder, wave.to(model.device), SAMPLE_RATE, preset=model.preset,
+        outs = scene_embedding(model.encoder, wave.to(model.device), SAMPLE_RATE, preset=model.feature_preset,
                                pooling=o.scene, window_frames=o.window, hop_frames=o.window_hop, layer=layers,
                                combine=o.combine, batch_size=o.batch_size, pad_to_window=o.pad_to_window)
         for n, emb in zip(layers, outs):

@@ -31,6 +31,7 @@ import soundfile as sf
 import torch
 
 from aum.audio import load_audio, resample
+from aum.cli import run_cli
 from aum.data import read_manifest
 from aum.synth import SOUND_NAMES, _background, _finish, generate_labelled_clip, make_event
 
@@ -333,7 +334,12 @@ def synth_scene_task(out_dir, task_name: str = "synth_scene", per_class: int = 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line (see the module docstring); prints the path of the task folder written."""
+    """Command line (see the module docstring); prints the path of the task folder written. Returns the exit
+    status: 0 done, 2 an input error (one message, the traceback with ``--debug``)."""
+    return run_cli("aum-hear-tasks", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m hear_api.tasks", description="Write HEAR task folders.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("esc10", help="ESC-10 pack -> 5-fold scene task")

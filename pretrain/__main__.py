@@ -1,4 +1,6 @@
 """``python -m pretrain [CONFIG.yaml] [key=value ...]`` (see :mod:`pretrain.run`)."""
+import sys
+
 from pretrain.run import main
 
-main()
+sys.exit(main())

@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
+from aum.config import ConfigError
 from aum.engine import EngineConfig
+from aum.features import UnknownPresetError, get_preset
+from aum.models.registry import check_model_options
+from pretrain.masking import STRATEGIES
+from pretrain.objectives import OBJECTIVES
 
 
 @dataclass
@@ -62,3 +68,26 @@ class PretrainConfig:
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(
         out_dir="runs/pretrain", max_steps=1000, batch_size=8, lr=2e-4, warmup_steps=50, ckpt_every=100,
         log_every=10, image_every=100))
+
+
+def check_config(cfg: PretrainConfig) -> PretrainConfig:
+    """Check the values of ``cfg`` that types alone cannot (objective, preset, mixer, class token, mask strategy
+    and ratio, feature preset, data source) without building a model or reading audio; returns ``cfg``. Raises
+    :class:`aum.config.ConfigError` naming the key, the value and the valid values. The valid values come from
+    the code that uses them (:data:`pretrain.objectives.OBJECTIVES`, :data:`aum.models.PRESETS`, ...)."""
+    m = cfg.model
+    check_model_options("model.", preset=m.preset, mixer=m.mixer, cls_position=m.cls_position, depth=m.depth,
+                        embed_dim=m.embed_dim)
+    for key, value, valid in (("objective.name", cfg.objective.name, sorted(OBJECTIVES)),
+                              ("mask.strategy", cfg.mask.strategy, STRATEGIES)):
+        if value not in valid:
+            raise ConfigError(f"{key} must be one of {', '.join(valid)}; got {value!r}")
+    try:
+        get_preset(cfg.data.preset)
+    except UnknownPresetError as e:
+        raise ConfigError(f"data.preset: {e}") from None
+    if cfg.mask.ratio is not None and not 0 < cfg.mask.ratio < 1:
+        raise ConfigError(f"mask.ratio must be in (0, 1), got {cfg.mask.ratio}")
+    if cfg.data.source != "synth" and not Path(cfg.data.source).exists():
+        raise ConfigError(f"data.source {cfg.data.source} does not exist (use 'synth', a folder or a manifest)")
+    return cfg

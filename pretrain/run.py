@@ -8,6 +8,11 @@ Writes into ``engine.out_dir``: ``config.yaml`` (resolved), ``checkpoints/`` (re
 ``encoder.safetensors`` (the encoder alone, loadable with ``aum.checkpoint.load_checkpoint``; refreshed at
 every checkpoint), ``metrics.jsonl``, ``tb/`` (TensorBoard), ``images/`` (input / masked / reconstruction),
 ``bad_files.jsonl`` (audio that could not be used, with reasons) and ``log.txt``.
+
+``config.yaml`` is written once the config, the data source and the model have been checked; a folder that
+already holds checkpoints of a different config is refused (naming the differing keys). Exit status: 0 done,
+2 a usage / config / data error (``--debug`` shows its traceback), 3 stopped by a signal (SIGTERM, SIGUSR1,
+Ctrl-C) after writing a checkpoint: the run is resumable, run the same command again to continue it.
 """
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ import torch
 from omegaconf import OmegaConf
 
 from aum.checkpoint import save_checkpoint
-from aum.config import load_config, parse_cli, save_config, to_dataclass
+from aum.cli import EXIT_OK, RunStopped, run_cli, save_run_config, stopped_message
+from aum.config import load_config, parse_cli, to_dataclass
 from aum.data import AudioClipDataset, SynthAudioDataset, collate_skip_bad, format_bad_file_report, read_manifest, \
     scan_audio
 from aum.engine import Trainer
@@ -69,19 +75,33 @@ def step_fn(model, batch):
 
 
 def export_encoder(objective, folder: Path, cfg: PretrainConfig, step: int | None = None) -> Path:
-    """Write the encoder alone (no decoder, no heads) as ``folder/encoder.safetensors``."""
+    """Write the encoder alone (no decoder, no heads) as ``folder/encoder.safetensors``, recording its feature
+    preset ``cfg.data.preset`` with the source ``pretrain:<engine.out_dir>``."""
     meta = {"objective": cfg.objective.name, "mask_strategy": cfg.mask.strategy, "data": cfg.data.source}
     if step is not None:
         meta["step"] = step
-    return save_checkpoint(objective.encoder, Path(folder) / "encoder.safetensors", metadata=meta)
+    return save_checkpoint(objective.encoder, Path(folder) / "encoder.safetensors", metadata=meta,
+                           feature_preset=cfg.data.preset, feature_source=f"pretrain:{cfg.engine.out_dir}")
+
+
+#: Keys that may change when a run with checkpoints is started again (they do not change what is trained).
+RESUMABLE_CHANGES = tuple(f"engine.{k}" for k in (
+    "out_dir", "max_steps", "resume", "log_every", "ckpt_every", "keep_last", "image_every", "num_workers",
+    "device"))
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
-    """Run (or resume) pretraining as configured; returns the engine's summary plus the encoder path."""
+    """Run (or resume) pretraining as configured; returns the engine's summary plus the encoder path.
+
+    The data source, the objective and the encoder are built first; only then is ``config.yaml`` written
+    (:func:`aum.cli.save_run_config`: a folder with checkpoints of another config is refused). The encoder and
+    objective are initialised from ``engine.seed`` alone, so the same command gives the same weights."""
     out_dir = Path(cfg.engine.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     dataset = build_dataset(cfg, out_dir)
-    objective = build_objective(cfg)
+    with torch.random.fork_rng(devices=[]):           # initial weights depend on the seed only
+        torch.manual_seed(cfg.engine.seed)
+        objective = build_objective(cfg)
+    save_run_config(cfg, out_dir, cfg.engine.resume, RESUMABLE_CHANGES, "engine.resume")
     trainer = Trainer(
         objective, dataset, cfg.engine, step_fn, collate_fn=collate_skip_bad,
         visualise=lambda model, batch, step, path: save_reconstruction_png(model, batch, step, path),
@@ -97,19 +117,33 @@ def pretrain(cfg: PretrainConfig) -> dict:
     return summary
 
 
-def main(argv=None) -> dict:
-    """Command-line entry point (``aum-pretrain``)."""
+def run(argv=None) -> dict:
+    """Parse the command line (see :func:`aum.config.parse_cli`), pretrain and print where the encoder is;
+    returns :func:`pretrain`'s summary (``{}`` for ``--help``). Errors propagate (:func:`main` reports them)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if {"-h", "--help"} & set(argv):
         print(__doc__ + "\nConfiguration keys and defaults:\n\n" + OmegaConf.to_yaml(OmegaConf.structured(PretrainConfig)))
         return {}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     path, overrides = parse_cli(argv)
-    cfg = load_config(PretrainConfig, path, overrides)
-    out_dir = Path(cfg.engine.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
-    summary = pretrain(to_dataclass(cfg, PretrainConfig))
-    print(f"pretraining {summary.get('stopped_by', 'done')} at step {summary.get('step')}; "
-          f"encoder: {summary['encoder']}")
+    cfg = to_dataclass(load_config(PretrainConfig, path, overrides), PretrainConfig)
+    summary = pretrain(cfg)
+    if summary.get("stopped_by") != "signal":
+        print(f"pretraining done at step {summary.get('step')}; encoder: {summary['encoder']}")
     return summary
+
+
+def main(argv=None) -> int:
+    """Command-line entry point (``aum-pretrain``, ``python -m pretrain``); returns the exit status: 0 done,
+    2 a usage / config / data error (one message; ``--debug`` adds the traceback), 3 stopped by a signal
+    (SIGTERM, SIGUSR1, Ctrl-C) after a checkpoint: rerunning the same command resumes (see :mod:`aum.cli`)."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+
+    def body(words: list[str]) -> int:
+        summary = run(words)
+        if summary.get("stopped_by") == "signal":
+            raise RunStopped(stopped_message("aum-pretrain", words, f"pretraining stopped by a signal at step "
+                                             f"{summary.get('step')} (checkpoint {summary.get('checkpoint')})"))
+        return EXIT_OK
+
+    return run_cli("aum-pretrain", body, argv)

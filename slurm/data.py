@@ -16,9 +16,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from aum.models import AuMConfig
 from aum.synth import SOUND_NAMES, write_clips
 
-__all__ = ["make_synth_benchmark", "synth_benchmark_file", "GENERATE_KEYS"]
+__all__ = ["make_synth_benchmark", "synth_benchmark_file", "check_generate", "GENERATE_KEYS"]
 
 GENERATE_KEYS = ("clips", "duration", "seed", "folds", "frames")
 N_CLASSES = len(SOUND_NAMES)
@@ -37,13 +38,23 @@ def synth_benchmark_file(name: str, frames: int = 128) -> dict:
     }
 
 
-def make_synth_benchmark(folder, name: str, clips: int = 28, duration: float = 1.0, seed: int = 0,
-                         folds: int = 4, frames: int = 128) -> Path:
-    """Write (or keep, when already written with the same settings) a generated benchmark in ``folder``;
-    returns the path of its ``manifest.csv``."""
+def check_generate(clips: int = 28, duration: float = 1.0, seed: int = 0, folds: int = 4, frames: int = 128) -> None:
+    """Check the settings of :func:`make_synth_benchmark` without writing anything; ``ValueError`` naming the
+    settings that cannot make a benchmark (every class in every fold, clips of some length, at least one patch)."""
     if clips < N_CLASSES * 2 or folds < 2 or clips < N_CLASSES * folds:
         raise ValueError(f"a generated benchmark needs folds >= 2 and clips >= 7 * max(2, folds) "
                          f"(got clips={clips}, folds={folds})")
+    patch = AuMConfig().patch_size[1]
+    if not duration > 0 or frames < patch:
+        raise ValueError(f"a generated benchmark needs duration > 0 and frames >= {patch} (one patch); "
+                         f"got duration={duration}, frames={frames}")
+
+
+def make_synth_benchmark(folder, name: str, clips: int = 28, duration: float = 1.0, seed: int = 0,
+                         folds: int = 4, frames: int = 128) -> Path:
+    """Write (or keep, when already written with the same settings) a generated benchmark in ``folder``;
+    returns the path of its ``manifest.csv``. Settings are checked by :func:`check_generate`."""
+    check_generate(clips, duration, seed, folds, frames)
     folder = Path(folder)
     manifest, stamp = folder / "manifest.csv", folder / "generate.json"
     settings = {"name": name, "clips": int(clips), "duration": float(duration), "seed": int(seed),

@@ -1,6 +1,6 @@
 """The callable every sweep job runs, under SLURM and under submitit's local executor alike.
 
-:class:`SweepJob` runs a job's entry point in-process (``pretrain.run.main(argv)``, ``eval.probe.main(argv)``
+:class:`SweepJob` runs a job's entry point in-process (``pretrain.run.run(argv)``, ``eval.probe.main(argv)``
 ...). It is a ``submitit.helpers.Checkpointable``: when SLURM warns of the time limit (``--signal=USR2@90``,
 submitit's signal) the job tells the running training engine to stop — the engine's own handler for SIGUSR1 is
 called, so it finishes the current step and writes a checkpoint — and then hands over to submitit, which calls
@@ -14,6 +14,7 @@ skip it.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -21,12 +22,14 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
 
 import submitit
 
+from aum.cli import EXIT_STOPPED
 from slurm.kinds import KINDS, entry_point, records_in
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,40 @@ def _signals_seen():
             seen.update(os.read(read_fd, 4096))
         os.close(read_fd)
         os.close(write_fd)
+
+
+class _StderrTail:
+    """Inside the block, ``sys.stderr`` passes everything through and keeps the last lines, so that an entry point
+    that reports its error and returns an exit status (``PROG: error: ...``) gives the job that message."""
+
+    def __init__(self, keep: int = 50) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=keep)
+        self.partial, self.stream = "", None
+
+    def __enter__(self) -> "_StderrTail":
+        self.stream, sys.stderr = sys.stderr, self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if sys.stderr is self:
+            sys.stderr = self.stream
+
+    def write(self, text: str) -> int:
+        """Write ``text`` through and remember its lines."""
+        *done, self.partial = (self.partial + text).split("\n")
+        self.lines.extend(line for line in done if line.strip())
+        return self.stream.write(text)
+
+    def __getattr__(self, name):        # flush, fileno, isatty, encoding ...: the real stream's
+        if name == "stream":
+            raise AttributeError(name)
+        return getattr(self.stream, name)
+
+    def error(self) -> str:
+        """The last ``...: error: ...`` line written (else the last line), ``""`` when nothing was."""
+        lines = list(self.lines) + ([self.partial] if self.partial.strip() else [])
+        errors = [line for line in lines if ": error: " in line]
+        return (errors or lines or [""])[-1].strip()[:500]
 
 
 def _collect_records(job: dict) -> list[str]:
@@ -208,21 +245,22 @@ class SweepJob(submitit.helpers.Checkpointable):
         bridge = _SignalBridge()
         bridge.install()
         try:
-            with _signals_seen() as seen:
+            with _signals_seen() as seen, _StderrTail() as tail:
                 result = entry_point(kind)(list(job["argv"]))
         finally:
             bridge.uninstall()
         if isinstance(result, dict) and "stopped_by" in result:
             stopped = result["stopped_by"] == "signal"
-        else:                               # entry points without a summary: any stop signal interrupted them
-            stopped = bool(seen & STOP_SIGNALS)
+        else:                               # an exit status: EXIT_STOPPED, or any stop signal interrupted it
+            stopped = result == EXIT_STOPPED or bool(seen & STOP_SIGNALS)
         if stopped:
             if bridge.received is not None:
                 bridge.hand_over()          # submitit requeues the job and exits
             raise JobInterrupted(f"{job['name']} stopped by a signal ({sorted(seen)}); it resumes from its "
                                  f"checkpoint when it runs again")
-        if isinstance(result, int) and result != 0:
-            raise RuntimeError(f"{job['name']}: {KINDS[kind].entry} exited with status {result}")
+        if isinstance(result, int) and result != 0:     # the entry point printed its error: make it the reason
+            raise RuntimeError(f"{job['name']}: {KINDS[kind].entry} exited with status {result}"
+                               + (f": {tail.error()}" if tail.error() else ""))
         if rank != 0:                       # rank 0 writes the records and the done marker
             return {"name": job["name"], "rank": rank}
         records = _collect_records(job)

@@ -3,7 +3,7 @@
 =========  =========================  ====  ===============================================================
 kind       entry point                DDP   done when
 =========  =========================  ====  ===============================================================
-pretrain   ``pretrain.run:main``      yes   ``encoder.safetensors`` and ``done.json`` exist
+pretrain   ``pretrain.run:run``       yes   ``encoder.safetensors`` and ``done.json`` exist
 finetune   ``eval.finetune:main``     yes   ``done.json`` exists and every record it lists exists
 probe      ``eval.probe:main``        no    ``done.json`` exists and every record it lists exists
 tables     ``eval.results:main``      no    ``done.json`` exists (rebuilt whenever another job ran)
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ class Kind:
 
 
 KINDS = {k.name: k for k in (
-    Kind("pretrain", "pretrain.run:main", ddp=True, produces_encoder=True),
+    Kind("pretrain", "pretrain.run:run", ddp=True, produces_encoder=True),     # run: the summary dict
     Kind("finetune", "eval.finetune:main", ddp=True, records=True, records_subdir="records"),
     Kind("probe", "eval.probe:main", ddp=False, records=True),
     Kind("tables", "eval.results:main", ddp=False),
@@ -137,14 +138,17 @@ def tables_argv(records_dir: str, tables_dir: str) -> list[str]:
 
 
 def check_argv(kind: str, argv: list[str], what: str) -> None:
-    """Parse ``argv`` as ``kind``'s entry point would, without running it; raise ``ValueError`` naming ``what``
-    and the parser's message when it is rejected. Kinds whose module is not installed are not checked."""
+    """Parse ``argv`` as ``kind``'s entry point would and check the values it would use (pretraining:
+    :func:`pretrain.config.check_config`; fine-tuning: :func:`eval.finetune.load_finetune_config`; probe: its
+    parser and :func:`eval.probe.probe_benchmark`), without running it, building a model or reading audio; raise
+    ``ValueError`` naming ``what`` and the problem when it is rejected. Kinds whose module is not installed are
+    not checked."""
     if kind == "pretrain":
-        from aum.config import load_config, parse_cli
-        from pretrain.config import PretrainConfig
+        from aum.config import load_config, parse_cli, to_dataclass
+        from pretrain.config import PretrainConfig, check_config
         try:
             path, overrides = parse_cli(argv)
-            load_config(PretrainConfig, path, overrides)
+            check_config(to_dataclass(load_config(PretrainConfig, path, overrides), PretrainConfig))
         except (ValueError, FileNotFoundError) as e:
             raise ValueError(f"{what}: {e}") from None
         return
@@ -162,10 +166,20 @@ def check_argv(kind: str, argv: list[str], what: str) -> None:
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            build().parse_args(argv)
+            args = build().parse_args(argv)
     except SystemExit:
         msg = err.getvalue().strip().splitlines()
         raise ValueError(f"{what}: {module_name} rejects its arguments: {msg[-1] if msg else argv}") from None
+    if kind == "probe" and hasattr(module, "probe_benchmark"):
+        quiet = logging.getLogger(module_name)          # its "unknown benchmark: defaults" warning, once per job
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            module.probe_benchmark(args)
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
+        finally:
+            quiet.setLevel(level)
 
 
 def _check_finetune(argv: list[str], what: str) -> None:

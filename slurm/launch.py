@@ -23,6 +23,7 @@ from slurm.kinds import check_argv
 from slurm.resources import ResourceError, check_local, check_partition, partition_info, slurm_available, \
     submitit_parameters
 from slurm.spec import Sweep, SweepError
+from slurm.status import failure_reason
 
 __all__ = ["choose_executor", "check_sweep", "submit_sweep", "read_state", "STATE_FILE"]
 
@@ -42,9 +43,13 @@ def choose_executor(requested: str = "auto") -> str:
 
 
 def check_sweep(sweep: Sweep, executor: str) -> None:
-    """Everything that can be checked before submission: each job's argv parses with its entry point's parser,
-    and its resources fit the partition (SLURM) or this machine (local). Raises :class:`SweepError`."""
+    """Everything that can be checked before submission: each job's command line is parsed and its config built
+    and checked as its entry point would (:func:`slurm.kinds.check_argv`: objective, presets, mixer, benchmark,
+    init, ...; no model built, no audio read), and its resources fit the partition (SLURM) or this machine
+    (local). Raises one :class:`SweepError` listing every problem, each naming its stage (and the first job
+    that has it)."""
     partitions: dict = {}
+    problems: dict[str, list[str]] = {}     # message -> the jobs that have it
     with tempfile.TemporaryDirectory() as tmp:
         stand_in = {}       # generated benchmarks' files are written at submission: check against a copy
         for name, b in sweep.benchmarks.items():
@@ -54,9 +59,9 @@ def check_sweep(sweep: Sweep, executor: str) -> None:
                                stand_in[b["recipe"]])
         for job in sweep.jobs:
             try:
-                check_argv(job.kind, [stand_in.get(w, w) for w in job.argv], job.name)
+                check_argv(job.kind, [stand_in.get(w, w) for w in job.argv], f"stages.{job.stage}")
             except ValueError as e:
-                raise SweepError(str(e)) from None
+                problems.setdefault(str(e), []).append(job.name)
     for job in sweep.jobs:
         try:
             if executor == "slurm":
@@ -66,7 +71,14 @@ def check_sweep(sweep: Sweep, executor: str) -> None:
             else:
                 check_local(job.resources, job.ddp, job.name)
         except ResourceError as e:
-            raise SweepError(str(e)) from None
+            problems.setdefault(str(e), []).append(job.name)
+    if problems:
+        lines = [msg if msg.startswith(names[0]) else
+                 f"{msg} (job {names[0]}" + (f" and {len(names) - 1} more)" if len(names) > 1 else ")")
+                 for msg, names in problems.items()]
+        shown = lines[:20] + ([f"... and {len(lines) - 20} more"] if len(lines) > 20 else [])
+        raise SweepError(lines[0] if len(lines) == 1 else
+                         f"{len(lines)} problems, nothing submitted:\n  - " + "\n  - ".join(shown))
 
 
 def read_state(sweep_dir) -> dict:
@@ -171,17 +183,22 @@ def _run_local(sweep: Sweep, state: dict, todo: list, root: Path, say) -> None:
                 ok = is_done(jobs[name]["spec"]) or jobs[name]["spec"]["kind"] == "tables"
                 jobs[name]["status"] = "done" if ok else "failed"
             except Exception as e:  # noqa: BLE001 - the job's own error, reported and kept going
-                jobs[name].update(status="failed", error=str(e).strip().splitlines()[-1][:500])
-            say(f"  {name}: {jobs[name]['status']} (log {jobs[name]['log']})")
+                reason = failure_reason(jobs[name]["log"]) or (str(e).strip().splitlines() or [repr(e)])[0][:500]
+                jobs[name].update(status="failed", error=reason)
+            if jobs[name]["status"] == "failed" and not jobs[name].get("error"):
+                jobs[name]["error"] = "ended without its done marker"
+            error = f": {jobs[name]['error']}" if jobs[name]["status"] == "failed" else ""
+            say(f"  {name}: {jobs[name]['status']}{error} (log {jobs[name]['log']})")
             _write_state(root, state)
         for name in list(waiting):
             if len(running) >= sweep.local_parallel:
                 break
             deps = [jobs[d]["status"] for d in jobs[name]["spec"]["depends_on"]]
-            if any(s in ("failed", "cancelled") for s in deps):
-                jobs[name]["status"] = "cancelled"
+            failed = [d for d in jobs[name]["spec"]["depends_on"] if jobs[d]["status"] in ("failed", "cancelled")]
+            if failed:
+                jobs[name].update(status="cancelled", error=f"dependency {failed[0]} {jobs[failed[0]]['status']}")
                 waiting.remove(name)
-                say(f"  {name}: cancelled (a dependency failed)")
+                say(f"  {name}: cancelled ({jobs[name]['error']})")
             elif all(s == "done" for s in deps):
                 spec = jobs[name]["spec"]
                 sjob = _executor(root / "logs", "local", sweep.job(name), sweep.name).submit(SweepJob(spec))

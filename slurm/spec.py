@@ -47,7 +47,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from eval.records import INITS
-from slurm.data import GENERATE_KEYS
+from aum.config import ConfigError
+from aum.models.registry import check_model_options
+from slurm.data import GENERATE_KEYS, check_generate
 from slurm.kinds import KINDS, eval_argv, pretrain_argv, tables_argv
 from slurm.resources import Resources, ResourceError, resolve_resources
 
@@ -198,6 +200,10 @@ def _benchmarks(raw: dict, out_dir: Path) -> dict:
         entry = {"probe_args": _flatten(b.get("probe_args")), "finetune_args": _flatten(b.get("finetune_args"))}
         if "generate" in b:
             gen = dict(_check_keys(b["generate"] or {}, GENERATE_KEYS, f"benchmarks.{name}.generate"))
+            try:
+                check_generate(**gen)
+            except (ValueError, TypeError) as e:
+                raise SweepError(f"benchmarks.{name}.generate: {e}") from None
             folder = out_dir / "data" / name
             entry.update(generate=gen, manifest=str(folder / "manifest.csv"), recipe=str(folder / "benchmark.yaml"))
             entry["probe_args"] = {"frames": gen.get("frames", 128), "folds": 0, **entry["probe_args"]}
@@ -218,6 +224,10 @@ def _init(name: str, raw: dict | None) -> dict:
         raise SweepError(f"inits.{name}: init must be one of {INITS}, got {init!r}")
     if init == "scratch" and not raw.get("checkpoint"):
         preset = raw.get("preset", "tiny")
+        try:
+            check_model_options(f"inits.{name}.", preset=preset, depth=raw.get("depth"))
+        except ConfigError as e:
+            raise SweepError(str(e)) from None
         return {"init": "scratch", "preset": preset, "depth": raw.get("depth"),
                 "model": raw.get("model") or preset + (f"-d{raw['depth']}" if raw.get("depth") else ""),
                 "label": name}

@@ -11,8 +11,8 @@ from pathlib import Path
 from slurm.jobs import JOB_FILE, is_done, read_done
 from slurm.kinds import entry_point
 
-__all__ = ["squeue_states", "scontrol_state", "last_error", "job_states", "format_status", "build_tables", "wait_sweep",
-           "TERMINAL"]
+__all__ = ["squeue_states", "scontrol_state", "last_error", "failure_reason", "trace_exception", "job_states",
+           "format_status", "build_tables", "wait_sweep", "TERMINAL"]
 
 TERMINAL = ("DONE", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE", "LOST")
@@ -57,6 +57,34 @@ def _result_state(log: str | None) -> str | None:
     except Exception:  # noqa: BLE001 - a half-written or foreign pickle
         return None
     return "COMPLETED" if outcome == "success" else "FAILED"
+
+
+def trace_exception(trace: str) -> str:
+    """The final exception of a formatted traceback as one line (``module.SomeError: message``, a message of
+    several lines joined), or ``""`` when there is none."""
+    lines = str(trace).rstrip().splitlines()
+    frames = [i for i, line in enumerate(lines) if re.match(r'^\s+File "', line)]
+    rest = lines[frames[-1] + 1:] if frames else lines
+    while rest and rest[0].startswith("    "):       # the frame's source line and its ^^^ markers
+        rest = rest[1:]
+    return " ".join(line.strip() for line in rest if line.strip())
+
+
+def failure_reason(log: str | None, limit: int = 500) -> str:
+    """Why a job failed, in one line: the exception it raised (from submitit's result file next to ``log``:
+    the message, not a pointer to the log), else the last exception line of its stderr log, else ``""``."""
+    if not log:
+        return ""
+    path = Path(log.replace("_log.out", "_result.pkl"))
+    reason = ""
+    if path.is_file():
+        try:
+            from submitit.core.utils import pickle_load
+            outcome, value = pickle_load(path)[:2]
+            reason = trace_exception(value) if outcome == "error" else ""
+        except Exception:  # noqa: BLE001 - a half-written or foreign pickle
+            reason = ""
+    return (reason or last_error(log))[:limit]
 
 
 def last_error(log: str | None) -> str:
@@ -106,7 +134,7 @@ def job_states(state: dict) -> dict[str, dict]:
         if st == "COMPLETED":           # the job ended, yet its done marker is missing
             st, reason = "FAILED", reason or "ended without its done marker"
         if st in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL") and not reason:
-            reason = last_error(log)
+            reason = failure_reason(log)
         starts = _starts(spec)
         out[name] = {"state": st, "job_id": jid, "log": log, "reason": reason, "kind": spec["kind"],
                      "starts": starts}

@@ -1,14 +1,17 @@
 """Tests for aum.convert and the foreign-checkpoint paths: official .pth, Hugging Face folder, Vision Mamba."""
 
+import copy
 import json
 import math
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from aum.checkpoint import CheckpointMismatchError, infer_config, load_checkpoint, read_checkpoint
+from aum.checkpoint import (CheckpointError, CheckpointMismatchError, infer_config, load_checkpoint, read_checkpoint,
+                            save_checkpoint)
 from aum.convert import adapt_to_model, hf_config_to_aum, init_from_pretrained, strip_prefix, unwrap, vim_to_aum
 from aum.models import create_model
 
@@ -249,3 +252,141 @@ def test_init_refuses_partial_loads(tmp_path):
         init_from_pretrained(tiny(mixer="none"), tmp_path / "aum.pth")
     with pytest.raises(CheckpointMismatchError, match="cls_token|class token"):
         init_from_pretrained(tiny(cls_position="none", target_frames=128), tmp_path / "aum.pth")
+
+
+# ---------------------------------------------------------------- official options the scripts leave off
+
+def save_pth(model, path, **extra):
+    """The model's weights as an official plain state_dict (the official key names, checked above)."""
+    torch.save({**{k: v.clone() for k, v in model.state_dict().items()}, **extra}, path)
+    return path
+
+
+def hf_folder(tmp_path, model, **config):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps({**HF_CONFIG, "spectrogram_size": [128, 128], **config}))
+    return folder
+
+
+def test_hf_both_cls_flags_true_is_middle(tmp_path):
+    flags = {"use_middle_cls_token": True, "use_end_cls_token": True}
+    assert hf_config_to_aum({**HF_CONFIG, **flags})["cls_position"] == "middle"
+    assert hf_config_to_aum({**HF_CONFIG, "use_middle_cls_token": False, "use_end_cls_token": True})[
+        "cls_position"] == "tail"
+    model = tiny(num_classes=309, target_frames=128)                    # middle, as the official forward
+    loaded = load_checkpoint(hf_folder(tmp_path, model, **flags))
+    assert loaded.config.cls_position == "middle"
+    x = torch.randn(2, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+@pytest.mark.parametrize("frames,patches", [(128, 144), (1024, 1212)])
+def test_overlapping_patches_inferred_from_pos_embed(tmp_path, frames, patches):
+    # the official run.py defaults to stride 10: 12 frequency rows, (frames - 16) // 10 + 1 time columns
+    model = tiny(patch_stride=(10, 10), target_frames=frames)
+    assert model.pos_embed.pos_embed.shape[1] == patches + 1
+    loaded = load_checkpoint(save_pth(model, tmp_path / "aum.pth"))
+    assert loaded.config.patch_stride == (10, 10) and loaded.config.target_frames == frames
+    assert_same(model.state_dict(), loaded.state_dict())
+    x = torch.randn(1, frames, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_ambiguous_or_unknown_stride_refused_then_given(tmp_path):
+    model = tiny(patch_stride=(13, 13), target_frames=128)             # 9 x 9: also stride 14 at 128 frames
+    path = save_pth(model, tmp_path / "s13.pth")
+    with pytest.raises(CheckpointError, match=r"several patch strides: \(14, 14\) at 128 frames, \(13, 13\) "
+                                              r"at 128 frames; pass the file's stride as strides=") as err:
+        load_checkpoint(path)
+    assert "target_frames" not in str(err.value)
+    loaded = load_checkpoint(path, strides=(13, 13))
+    assert loaded.config.patch_stride == (13, 13) and loaded.config.target_frames == 128
+    odd = tiny(patch_stride=(10, 10), target_frames=1000)              # 12 x 99: no power-of-two length fits
+    path = save_pth(odd, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match="strides="):
+        load_checkpoint(path)
+    loaded = load_checkpoint(path, strides=[10, 10])
+    assert loaded.config.patch_stride == (10, 10) and loaded.pos_embed.grid == (12, 99)
+    x = torch.randn(1, 1000, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(odd(x), loaded(x))
+
+
+def test_transposed_token_sequence_refused(tmp_path):
+    model = tiny(num_classes=309, target_frames=128)
+    folder = hf_folder(tmp_path, model, transpose_token_sequence=True)
+    with pytest.raises(CheckpointError, match=r"transpose_token_sequence=True \(tokens in time-major order, set "
+                                              r"by .*config\.json\) is not supported.*pass "
+                                              r"transpose_token_sequence=False"):
+        load_checkpoint(folder)
+    assert load_checkpoint(folder, transpose_token_sequence=False).config == model.config
+    pth = save_pth(model, tmp_path / "aum.pth")
+    with pytest.raises(CheckpointError, match=r"transpose_token_sequence=True .*set by the caller\)"):
+        load_checkpoint(pth, transpose_token_sequence=True)
+    ours = tmp_path / "ours.safetensors"
+    save_checkpoint(model, ours)
+    with pytest.raises(CheckpointError, match=r"\['transpose_token_sequence'\] describe official AuM files"):
+        load_checkpoint(ours, transpose_token_sequence=False)
+
+
+def summed_reference(model):
+    """The official ``if_devide_out=False`` model: each v2 mixer's two directions summed, i.e. twice our average
+    (``out_proj`` is linear without bias), done here by doubling every mixer's output."""
+    ref = copy.deepcopy(model)
+    for layer in ref.layers:
+        layer.mixer.register_forward_hook(lambda mod, args, out: out * 2)
+    return ref
+
+
+def test_v2_summed_directions_supported(tmp_path):
+    model = tiny(mixer="v2", num_classes=309, target_frames=128)
+    x = torch.randn(2, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, averaged = summed_reference(model)(x), model(x)
+        assert not torch.allclose(want, averaged)
+        for loaded in (load_checkpoint(hf_folder(tmp_path, model, bimamba_type="v2", if_devide_out=False)),
+                       load_checkpoint(save_pth(model, tmp_path / "v2.pth"), if_devide_out=False)):
+            torch.testing.assert_close(loaded(x), want, rtol=1e-5, atol=1e-6)
+        # the default (if_devide_out=True) averages, as ours; v1 never divides, so the option leaves it alone
+        assert torch.equal(load_checkpoint(tmp_path / "v2.pth", if_devide_out=True)(x), averaged)
+        v1 = tiny(mixer="v1", target_frames=128)
+        assert torch.equal(load_checkpoint(save_pth(v1, tmp_path / "v1.pth"), if_devide_out=False)(x), v1(x))
+
+
+def test_double_cls_token_refused_by_name(tmp_path):
+    model = tiny(cls_position="none", target_frames=128)
+    D = model.embed_dim
+    sd = model.state_dict()
+    sd["pos_embed.pos_embed"] = torch.randn(1, 64 + 2, D)               # both class slots + 8 x 8 patches
+    path = tmp_path / "double.pth"
+    torch.save({**sd, "cls_token_head": torch.randn(1, 1, D), "cls_token_tail": torch.randn(1, 1, D)}, path)
+    for call in (lambda: read_checkpoint(path), lambda: load_checkpoint(path, target_frames=128)):
+        with pytest.raises(CheckpointError, match="use_double_cls_token=True") as err:
+            call()
+        assert "target_frames" not in str(err.value) and "cls_token_head" in str(err.value)
+    with pytest.raises(CheckpointError, match="use_double_cls_token=True"):
+        load_checkpoint(hf_folder(tmp_path, tiny(num_classes=309, target_frames=128), use_double_cls_token=True))
+
+
+def test_pth_class_token_position_warned_once(tmp_path):
+    model = tiny(cls_position="tail", target_frames=128)
+    path = save_pth(model, tmp_path / "tail.pth")
+    with pytest.warns(UserWarning) as caught:
+        assumed = load_checkpoint(path)
+    mine = [w for w in caught if "class token" in str(w.message)]
+    assert len(mine) == 1
+    assert "loading it as 'middle'" in str(mine[0].message) and "cls_position='head' or 'tail'" in str(mine[0].message)
+    assert str(path) in str(mine[0].message) and assumed.config.cls_position == "middle"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        told = load_checkpoint(save_pth(model, tmp_path / "tail2.pth"), cls_position="tail")
+        load_checkpoint(hf_folder(tmp_path, tiny(num_classes=309, target_frames=128)))   # config.json: middle
+        load_checkpoint(save_pth(tiny(cls_position="none", target_frames=128), tmp_path / "none.pth"))
+    x = torch.randn(1, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(told(x), model(x)) and not torch.equal(assumed(x), model(x))

@@ -3,14 +3,16 @@
 import csv
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from aum.data import (AudioClipDataset, BadFileLog, EpochSampler, SynthAudioDataset, check_files,
-                      collate_skip_bad, format_bad_file_report, read_manifest, scan_audio)
+from aum.data import (MAX_BAD_LOADS, AudioClipDataset, BadFileLog, EpochSampler, SynthAudioDataset,
+                      UnusableDataError, check_files, collate_skip_bad, format_bad_file_report, read_manifest,
+                      scan_audio)
 from aum.features import get_preset, waveform_to_features
 from aum.synth import write_clips
 
@@ -90,6 +92,18 @@ def test_csv_and_jsonl_manifests(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"file": "x.wav"}\n')
     with pytest.raises(ValueError, match="bad.jsonl"):
         read_manifest(tmp_path / "bad.jsonl")
+
+
+def test_broken_json_is_reported_at_its_line_of_the_manifest(tmp_path):
+    jl = tmp_path / "m.jsonl"
+    jl.write_text('{"path": "a.wav"}\n\n{"path": "b.wav"}\n{"path": "c.wav",}\n{"path": "d.wav"}\n')
+    with pytest.raises(ValueError) as err:
+        read_manifest(jl)
+    assert str(err.value).startswith(f"manifest {jl}:4: invalid JSON (")
+    lst = tmp_path / "m.json"
+    lst.write_text('[\n  {"path": "a.wav"},\n  {"path": "b.wav"}\n  {"path": "c.wav"}\n]\n')
+    with pytest.raises(ValueError, match=rf"^manifest {re.escape(str(lst))}:4: invalid JSON"):
+        read_manifest(lst)
 
 
 # --- crops and features ---------------------------------------------------------------------------------
@@ -202,6 +216,37 @@ def test_dataloader_workers_skip_bad_files(tmp_path):
     assert s["reasons"] == {"decode_error": 1, "empty": 1, "missing": 1}
     assert {r["epoch"] for r in s["examples"]} == {1} and len({r["pid"] for r in s["examples"]}) >= 1
     assert all(isinstance(json.loads(line), dict) for line in log.read_text().splitlines())
+
+
+def test_a_folder_of_only_bad_files_fails_after_every_file_failed_once_with_the_report(tmp_path):
+    _bad_files(tmp_path / "bad")
+    log = tmp_path / "bad_files.jsonl"
+    ds = AudioClipDataset(tmp_path / "bad", crop_frames=16, bad_files_path=log)      # 3 bad files in the folder
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=EpochSampler(len(ds), seed=0),
+                                         collate_fn=collate_skip_bad)
+    assert [b for b in loader] == [None, None]                      # one pass: each bad file gives None once
+    with pytest.raises(UnusableDataError) as err:
+        next(iter(loader))                                          # the next epoch does not try them again
+    assert BadFileLog.summary(log)["count"] == 3
+    msg = str(err.value)
+    assert msg.startswith("the data set is unusable: the first 3 different clips tried (of 3) all failed")
+    assert msg.endswith(format_bad_file_report(log)) and "corrupt.wav [decode_error]" in msg
+    assert "nan.wav [non_finite]" in msg and "empty.wav [empty]" in msg
+
+
+def test_many_bad_files_stop_after_max_bad_loads_and_one_good_file_keeps_the_data_usable(tmp_path):
+    missing = [str(tmp_path / f"gone{i:03d}.wav") for i in range(MAX_BAD_LOADS + 30)]
+    ds = AudioClipDataset(missing, crop_frames=16)                      # no log file: the report is in memory
+    assert all(ds[i] is None for i in range(MAX_BAD_LOADS - 1))
+    assert ds[0] is None and ds[MAX_BAD_LOADS - 1] is None          # a repeated failure does not count again
+    with pytest.raises(UnusableDataError, match=rf"first {MAX_BAD_LOADS} different clips tried \(of 80\)") as err:
+        ds[MAX_BAD_LOADS + 1]
+    assert len(ds.bad_files.records) == MAX_BAD_LOADS + 1 and "log: (in memory)" in str(err.value)
+    assert "gone000.wav [missing]" in str(err.value) and f"... and {MAX_BAD_LOADS - 10} more" in str(err.value)
+    good = _write(tmp_path / "good.wav", _noise(0.5))
+    ds = AudioClipDataset([*_bad_files(tmp_path / "bad"), good], crop_frames=16)
+    items = [ds[(epoch, i)] for epoch in range(3) for i in range(5)]    # 12 failed loads, 3 good ones
+    assert [it is None for it in items] == [True] * 4 + [False] + [True] * 4 + [False] + [True] * 4 + [False]
 
 
 # --- synthetic default data -----------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Tests for aum.engine / aum.distributed: schedule, decay groups, accumulation, checkpoints, exact resume after
 SIGKILL, SIGTERM/SIGUSR1 stops, two-process DDP on the CPU, logging and hooks."""
 
+import errno
+import io
 import json
 import math
 import os
@@ -20,6 +22,7 @@ from torch import nn
 import aum
 from aum.distributed import ResumableBatchSampler, dist_env, move_to_device, rng_state, set_rng_state
 from aum.engine import EngineConfig, Trainer, default_param_groups, latest_checkpoint, load_checkpoint, lr_at
+from aum.train_state import DiskFullError, write_train_state
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -382,3 +385,60 @@ def test_rng_snapshot_survives_weights_only_and_batches_move(tmp_path):
     NT = namedtuple("NT", "a b")
     moved = move_to_device({"x": [torch.ones(1), (NT(torch.zeros(1), "s"),)], "n": 3}, torch.device("cpu"))
     assert isinstance(moved["x"][1][0], NT) and moved["x"][1][0].b == "s" and moved["n"] == 3
+
+
+class _FillsUp(io.RawIOBase):
+    """A writable stream that passes ``limit`` bytes on to ``inner``, then fails like a full disk."""
+
+    def __init__(self, inner, limit):
+        self.inner, self.left = inner, limit
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        if len(b) > self.left:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.left -= len(b)
+        return self.inner.write(b)
+
+
+@pytest.mark.parametrize("how", ["torch_writer", "first_write", "path_writer_text"])
+def test_disk_full_names_the_file_and_the_last_good_checkpoint_which_stays_intact(tmp_path, monkeypatch, how):
+    real_save, saves = torch.save, []
+
+    def save(obj, f, *a, **k):
+        saves.append(obj["step"])
+        if len(saves) < 2:                                   # the checkpoint of step 2 is written in full
+            return real_save(obj, f, *a, **k)
+        if how == "path_writer_text":                        # what torch.save(obj, "path") says on a full disk
+            f.write(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing "
+                               "file data/3: file write failed")
+        # torch's own writer: an OSError on the first write passes through; later ones become its RuntimeError
+        return real_save(obj, _FillsUp(f, 0 if how == "first_write" else 100), *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    cfg = EngineConfig(out_dir=str(tmp_path), max_steps=5, batch_size=2, ckpt_every=2)
+    ckdir = tmp_path / "checkpoints"
+    with pytest.raises(OSError) as err:
+        Trainer(linear(), Pairs(), cfg, mse_step).fit()
+    assert isinstance(err.value, DiskFullError) and err.value.errno == errno.ENOSPC and saves == [2, 4]
+    assert str(err.value) == (f"no space left on device writing {ckdir / 'step_00000004.pt'}; "
+                              f"the last good checkpoint is {ckdir / 'step_00000002.pt'}")
+    assert sorted(os.listdir(ckdir)) == ["last", "step_00000002.pt"]          # no temporary file left behind
+    assert load_checkpoint(ckdir / "step_00000002.pt")["step"] == 2
+    assert latest_checkpoint(tmp_path) == ckdir / "step_00000002.pt"
+
+
+def test_other_write_errors_pass_through_and_a_first_checkpoint_names_none(tmp_path, monkeypatch):
+    def denied(obj, f, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(torch, "save", denied)
+    with pytest.raises(PermissionError, match="Permission denied"):
+        write_train_state(tmp_path, tmp_path / "step_00000001.pt", {"step": 1}, keep_last=0)
+    monkeypatch.setattr(torch, "save", lambda obj, f: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
+    with pytest.raises(DiskFullError, match=r"step_00000001\.pt; the last good checkpoint is none"):
+        write_train_state(tmp_path, tmp_path / "step_00000001.pt", {"step": 1}, keep_last=0)
+    assert os.listdir(tmp_path) == []

@@ -12,6 +12,7 @@ import torch
 
 import eval.finetune as ft
 from aum.checkpoint import load_checkpoint
+from aum.data import MAX_BAD_LOADS, UnusableDataError
 from aum.synth import write_clips
 from eval.augment import mix_targets, mix_waves, noise_and_roll, spec_augment, time_warp
 from eval.ft_data import (FinetuneDataset, balanced_weights, carve_validation, check_entries, make_splits,
@@ -133,6 +134,19 @@ def test_checks_and_splits_fail_before_training(task, tmp_path):
     assert sum(map(len, sp.values())) == 56 and all(sp.values())
 
 
+def test_training_items_of_only_missing_files_stop_after_max_bad_loads(task, tmp_path):
+    bf = load_benchmark(str(task / "task.yaml"))
+    entries = [json.loads(ln) for ln in (task / "prep" / "manifest.jsonl").read_text().splitlines()]
+    classes = (task / "prep" / "classes.txt").read_text().split()
+    gone = [dict(e, path=str(tmp_path / f"x{i}.wav")) for i, e in enumerate(entries)]
+    ds = FinetuneDataset(gone, classes, bf.benchmark, bf.recipe, bad_files_path=tmp_path / "bad_files.jsonl")
+    assert all(ds[(0, i)] is None for i in range(MAX_BAD_LOADS))
+    with pytest.raises(UnusableDataError, match=rf"first {MAX_BAD_LOADS} different clips tried \(of 56\)"):
+        ds[(0, MAX_BAD_LOADS)]
+    one_good = FinetuneDataset(gone[:10] + entries[10:11] + gone[11:], classes, bf.benchmark, None)
+    assert sum(one_good[(epoch, i)] is not None for epoch in range(2) for i in range(56)) == 2
+
+
 def test_carved_validation_keeps_groups_and_classes():
     entries = [{"path": f"/a/{i}.wav", "labels": [f"c{i % 4}"], "group": f"g{i // 2}"} for i in range(80)]
     train, valid = carve_validation(entries, 0.125, "group", stratify=True, salt="x")
@@ -222,15 +236,33 @@ def test_finetune_from_a_checkpoint_on_one_fold(task, tmp_path):
     encoder = tmp_path / "enc.safetensors"
     from aum.checkpoint import save_checkpoint
     from aum.models import create_model
-    save_checkpoint(create_model("tiny", depth=2, num_classes=3, target_frames=128), encoder)
+    save_checkpoint(create_model("tiny", depth=2, num_classes=3, target_frames=128), encoder,
+                    feature_preset="voxceleb", feature_source="pretrain:runs/vox")
     rec = ft.run([str(tmp_path / "k.yaml"), str(tmp_path / "prep" / "manifest.jsonl"), "--init", "ssl", str(encoder),
                    *FAST, "run.fold=4", "run.max_steps=3", f"run.out={tmp_path / 'o'}", "run.model_name=ssast-tiny"])[0]
     assert rec.fold == 4 and rec.init == "ssl" and rec.extra["n_test"] == 11 and rec.model == "ssast-tiny"
     assert any("position embedding resized" in n for n in rec.extra["load_notes"])
     assert any("head of 3 classes dropped" in n for n in rec.extra["load_notes"])
-    assert (tmp_path / "o" / "fold4" / "best.safetensors").is_file()
+    assert "init checkpoint trained with feature preset 'voxceleb'; fine-tuning feeds 'speechcommands' " \
+        "(benchmark.preset)" in rec.extra["load_notes"]
+    best = load_checkpoint(tmp_path / "o" / "fold4" / "best.safetensors")     # says how it was fine-tuned
+    assert best.feature_preset.name == "speechcommands" and best.feature_preset_source == "finetune:synth7"
+    assert best.feature_preset.target_frames == 64
     with pytest.raises(SystemExit, match="needs a checkpoint"):
         ft.parse_args(["esc10", "m.jsonl", "--init", "aum"])
+
+
+def test_an_unknown_model_preset_over_a_checkpoint_names_the_valid_presets(tmp_path):
+    from aum.checkpoint import save_checkpoint
+    from aum.models import create_model
+    with pytest.raises(ValueError, match=r"model\.preset.*base, small, tiny.*'huge'"):   # refused with the config
+        ft.load_finetune_config("speechcommands", ["model.preset=huge"])
+    path = save_checkpoint(create_model("tiny", embed_dim=32, depth=1), tmp_path / "ssl.safetensors")
+    cfg = ft.load_finetune_config("speechcommands")
+    cfg.model.preset = "huge"                                    # a config built without load_finetune_config
+    with pytest.raises(KeyError) as err:
+        ft.build_model(cfg, "ssl", str(path))
+    assert str(err.value) == "unknown AuM preset 'huge'; valid presets: base, small, tiny"
 
 
 def test_build_model_from_vision_mamba_weights(tmp_path):

@@ -90,6 +90,36 @@ def test_silence_and_full_scale_noise_are_finite(model):
     assert bool(torch.isfinite(hear_api.get_scene_embeddings(audio, model)).all())
 
 
+@pytest.mark.parametrize("fn", [hear_api.get_timestamp_embeddings, hear_api.get_scene_embeddings])
+@pytest.mark.parametrize("audio,message", [
+    (np.full((2, 4000), 1000, np.int16), r"integer dtype torch.int16.*divide by 32768"),
+    (torch.full((1, 4000), 3, dtype=torch.int32), r"integer dtype torch.int32"),
+    (torch.ones(1, 4000, dtype=torch.bool), r"boolean dtype"),
+    (torch.zeros(2, 0), r"zero-length audio \(shape \(2, 0\)\)"),
+    (torch.zeros(4000, 1), r"\(4000, 1\) is 4000 sounds of 1 sample each.*audio\.T"),
+])
+def test_bad_audio_is_rejected_with_a_clear_message(model, fn, audio, message):
+    with pytest.raises(ValueError, match=message):
+        fn(audio, model)
+
+
+@pytest.mark.parametrize("fn", [hear_api.get_timestamp_embeddings, hear_api.get_scene_embeddings])
+def test_nan_message_counts_the_sounds_own_samples(model, fn):
+    audio = torch.zeros(3, 8000)
+    audio[1, :5] = float("nan")
+    audio[2, 7] = float("inf")
+    with pytest.raises(ValueError, match=r"^audio: sound 1 has 5 non-finite \(NaN/Inf\) of its 8000 samples "
+                                         r"\(1 more sound\(s\) have some\)$"):
+        fn(audio, model)
+
+
+def test_float64_audio_is_accepted_unscaled(model):
+    audio = torch.rand(2, 8000, dtype=torch.float64) * 2 - 1
+    torch.testing.assert_close(hear_api.get_scene_embeddings(audio, model),
+                               hear_api.get_scene_embeddings(audio.float(), model))
+    assert hear_api.get_scene_embeddings(torch.zeros(0, 8000), model).shape == (0, model.scene_embedding_size)
+
+
 @pytest.mark.parametrize("options,ts_size,scene_size,hop", [
     ({"combine": "concat"}, 8 * 192, 8 * 192, 40.0),
     ({"scene": "cls+mean", "layer": 1}, 192, 384, 40.0),

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from aum.models import AuM, AuMConfig, create_model, list_models
+from aum.models.registry import PRESETS, model_config, preset_fields
 from aum.modules import MambaMixer
 from aum.ops import causal_conv1d, selective_scan_reference
 
@@ -31,12 +32,21 @@ def test_presets_and_unknown_names():
         m = create_model("small")
     assert m.embed_dim == 384 and len(m.layers) == 24 and m.layers[0].mixer.dt_rank == 24
     assert m.layers[0].mixer.d_inner == 768 and m.pos_embed.pos_embed.shape == (1, 513, 384)
-    with pytest.raises(KeyError, match="available"):
+    with pytest.raises(KeyError, match="valid presets"):
         create_model("huge")
     with pytest.raises(KeyError, match="valid keys"):
         create_model("tiny", embed_dimm=3)
     with pytest.raises(ValueError, match="mixer"):
         create_model("tiny", mixer="v3")
+
+
+@pytest.mark.parametrize("lookup", [create_model, model_config, preset_fields])
+def test_an_unknown_preset_is_a_clear_key_and_value_error(lookup):
+    with pytest.raises(ValueError) as err:
+        lookup("huge")
+    assert isinstance(err.value, KeyError)                    # still caught by ``except KeyError``
+    assert str(err.value) == "unknown AuM preset 'huge'; valid presets: base, small, tiny"   # no repr quotes
+    assert preset_fields("small") == {"embed_dim": 384} and preset_fields("small") is not PRESETS["small"]
 
 
 def _mixer_by_hand(m: MambaMixer, hidden):

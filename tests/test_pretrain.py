@@ -1,17 +1,27 @@
 """Masked-spectrogram pretraining: masks, objectives, the end-to-end run and its outputs."""
 import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from aum.checkpoint import load_checkpoint
 from aum.models import create_model
 from pretrain.masking import STRATEGIES, make_mask, n_masked, patchify, unpatchify
 from pretrain.objectives import MAEObjective, SSASTObjective
 from pretrain.run import main as pretrain_main
+from pretrain.run import run as pretrain_run
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -89,7 +99,7 @@ def test_ssast_infonce_is_clip_internal_and_uses_weight_ten():
 
 def _run(tmp_path, *overrides):
     out = tmp_path / "run"
-    summary = pretrain_main([f"engine.out_dir={out}", "model.depth=2", "data.crop_frames=128",
+    summary = pretrain_run([f"engine.out_dir={out}", "model.depth=2", "data.crop_frames=128",
                              "engine.batch_size=8", "engine.log_every=1", "engine.device=cpu", *overrides])
     return out, summary
 
@@ -149,3 +159,106 @@ def test_folder_without_audio_is_an_error_before_training(tmp_path):
 def test_mistyped_key_lists_the_valid_ones(tmp_path):
     with pytest.raises(ValueError, match="crop_frames"):
         _run(tmp_path, "data.crop_frame=64")
+
+
+# ------------------------------------------------------------------ the real command: seeding, resume, config.yaml
+
+TINY = ["model.depth=2", "data.crop_frames=128", "data.synth_clips=64", "engine.batch_size=4", "engine.max_steps=8",
+        "engine.ckpt_every=2", "engine.log_every=1", "engine.warmup_steps=1", "engine.device=cpu",
+        "engine.deterministic=true", "engine.seed=3"]
+
+
+def _command(out, *extra):
+    """``python -m pretrain`` with the tiny settings, as a child process (nothing seeded by the test)."""
+    return subprocess.Popen([sys.executable, "-m", "pretrain", *TINY, f"engine.out_dir={out}", *extra],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def _encoder(out):
+    return load_file(str(out / "encoder.safetensors"))
+
+
+def _same_encoder(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _wait_until(cond, proc, timeout=240):
+    t0 = time.monotonic()
+    while not cond():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() - t0 < timeout, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """One fresh run of the tiny command: its folder."""
+    out = tmp_path_factory.mktemp("pretrain_ref") / "run"
+    rc, _, err = _finish(_command(out))
+    assert rc == 0, err[-3000:]
+    return out
+
+
+def test_same_command_gives_the_same_encoder_and_a_killed_run_resumes_to_it(reference_run, tmp_path):
+    rc, stdout, err = _finish(_command(tmp_path / "again"))
+    assert rc == 0, err[-3000:]
+    assert "pretraining done at step 8" in stdout
+    assert _losses(tmp_path / "again") == _losses(reference_run)          # the step-1 loss too
+    assert _same_encoder(_encoder(tmp_path / "again"), _encoder(reference_run))
+
+    killed = _command(tmp_path / "killed")
+    pointer = tmp_path / "killed" / "checkpoints" / "last"
+    _wait_until(lambda: pointer.exists() and pointer.read_text().strip() == "step_00000002.pt", killed)
+    killed.kill()                                                          # SIGKILL: no final checkpoint
+    killed.communicate()
+    assert not (tmp_path / "killed" / "checkpoints" / "step_00000008.pt").exists()
+    rc, _, err = _finish(_command(tmp_path / "killed"))
+    assert rc == 0, err[-3000:]
+    assert "resumed from" in (tmp_path / "killed" / "log.txt").read_text()
+    assert _losses(tmp_path / "killed") == _losses(reference_run)
+    assert _same_encoder(_encoder(tmp_path / "killed"), _encoder(reference_run))
+
+
+def test_ctrl_c_writes_a_checkpoint_exits_3_and_the_rerun_resumes(reference_run, tmp_path):
+    out = tmp_path / "int"
+    proc = _command(out)
+    _wait_until(lambda: (out / "metrics.jsonl").exists() and len(_losses(out)) >= 1, proc)
+    proc.send_signal(signal.SIGINT)
+    rc, _, err = _finish(proc)
+    assert rc == 3, err[-3000:]
+    assert "stopped by a signal" in err and "run the same command again to resume" in err and "Traceback" not in err
+    step = int(re.search(r"stopped by a signal at step (\d+)", err).group(1))
+    assert 1 <= step < 8
+    assert (out / "checkpoints" / "last").read_text().strip() == f"step_{step:08d}.pt"
+    rc, _, err = _finish(_command(out))
+    assert rc == 0, err[-3000:]
+    assert _same_encoder(_encoder(out), _encoder(reference_run))
+
+
+def test_a_failed_start_leaves_the_run_config_alone(reference_run, tmp_path):
+    before = (reference_run / "config.yaml").read_text()
+    for bad in (["engine.optimizer=sgd"], ["data.source=/nonexistent/audio"], ["objective.name=byol"]):
+        with pytest.raises((ValueError, OSError)):
+            pretrain_run([*TINY, f"engine.out_dir={reference_run}", *bad])
+        assert (reference_run / "config.yaml").read_text() == before, bad
+    with pytest.raises(ValueError, match=r"has checkpoints of a different config.*engine\.lr: 0\.0002 in the run, "
+                                         r"0\.001 now.*model\.depth: 2 in the run, 3 now"):
+        pretrain_run([*TINY, f"engine.out_dir={reference_run}", "engine.lr=1e-3", "model.depth=3"])
+    assert (reference_run / "config.yaml").read_text() == before
+    fresh = tmp_path / "fresh"                                   # no checkpoints: a failed start writes nothing
+    with pytest.raises(ValueError):
+        pretrain_run([*TINY, f"engine.out_dir={fresh}", "engine.optimizer=sgd"])
+    assert not (fresh / "config.yaml").exists()
+
+
+def test_main_returns_exit_statuses(tmp_path, capsys):
+    assert pretrain_main(["--help"]) == 0
+    assert pretrain_main(["engine.typo=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'engine.typo'" in err and "Valid keys under engine" in err
+    assert pretrain_main([*TINY, f"engine.out_dir={tmp_path / 'r'}", "engine.max_steps=1"]) == 0

@@ -1,0 +1,150 @@
+"""Command-line entry points: the shared error / exit-status helper (:mod:`aum.cli`), the run folder's
+``config.yaml`` guard, and every installed console script exiting 0 on ``--help`` and on a tiny successful run,
+2 on a usage or input error."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from aum.cli import EXIT_STOPPED, RunStopped, run_cli, save_run_config
+from aum.config import ConfigError
+from aum.synth import write_clips
+from eval.prepare import prepare
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+# ------------------------------------------------------------------------------------------------ run_cli
+
+def _raise(exc):
+    def body(argv):
+        raise exc
+    return body
+
+
+def test_run_cli_statuses_and_messages(capsys):
+    seen = []
+    assert run_cli("prog", lambda argv: seen.append(argv), ["a=1", "--debug", "b=2"]) == 0
+    assert seen == [["a=1", "b=2"]]                                   # --debug is taken out
+    assert run_cli("prog", lambda argv: 5, []) == 5
+    assert run_cli("prog", _raise(ConfigError("unknown config key 'x.y'")), []) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prog: error: unknown config key 'x.y'") and "Traceback" not in err
+    assert run_cli("prog", _raise(KeyError("no preset 'foo'; known: a, b")), []) == 2
+    assert "prog: error: no preset 'foo'; known: a, b (" in capsys.readouterr().err      # not the repr's quotes
+    assert run_cli("prog", _raise(FileNotFoundError("data.source /x does not exist")), ["--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "prog: error: data.source /x does not exist" in err
+    assert run_cli("prog", _raise(SystemExit("--init needs a checkpoint path")), []) == 2
+    assert "prog: error: --init needs a checkpoint path" in capsys.readouterr().err
+    assert run_cli("prog", _raise(SystemExit(0)), []) == 0
+    assert run_cli("prog", _raise(RunStopped("stopped; run the same command again")), []) == EXIT_STOPPED == 3
+    assert "prog: stopped; run the same command again" in capsys.readouterr().err
+    with pytest.raises(RuntimeError):                                 # a bug is not an input error: traceback
+        run_cli("prog", _raise(RuntimeError("internal")), [])
+
+
+# ------------------------------------------------------------------------------------------------ config.yaml
+
+def test_run_config_is_kept_for_a_run_with_checkpoints(tmp_path):
+    cfg = OmegaConf.create({"engine": {"lr": 0.001, "max_steps": 10, "out_dir": str(tmp_path)}, "model": {"d": 2}})
+    save_run_config(cfg, tmp_path, may_differ=["engine.max_steps"])
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "step_00000002.pt").write_bytes(b"x")
+    longer = OmegaConf.merge(cfg, {"engine": {"max_steps": 20}})
+    save_run_config(longer, tmp_path, may_differ=["engine.max_steps"])        # allowed: rewritten
+    assert OmegaConf.load(tmp_path / "config.yaml").engine.max_steps == 20
+    before = (tmp_path / "config.yaml").read_text()
+    other = OmegaConf.merge(longer, {"engine": {"lr": 0.01}, "model": {"d": 3}})
+    with pytest.raises(ConfigError, match=rf"run folder {tmp_path} has checkpoints of a different config .*"
+                                          r"engine\.lr: 0\.001 in the run, 0\.01 now; model\.d: 2 in the run, 3 now"
+                                          r".*engine\.resume=false"):
+        save_run_config(other, tmp_path, may_differ=["engine.max_steps"], resume_key="engine.resume")
+    assert (tmp_path / "config.yaml").read_text() == before
+    save_run_config(other, tmp_path, resume=False)                    # starting over: the new config
+    assert OmegaConf.load(tmp_path / "config.yaml").model.d == 3
+
+
+# ------------------------------------------------------------------------------------------------ console scripts
+
+def _script(name, *args, cwd=None, timeout=300):
+    exe = BIN / name
+    if not exe.exists():
+        pytest.skip(f"{exe} is not installed (pip install -e .)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "AUM_CACHE": str(Path(cwd or REPO) / "cache")}
+    return subprocess.run([str(exe), *map(str, args)], cwd=cwd or REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+SCRIPTS = ["aum-encode", "aum-pretrain", "aum-finetune", "aum-prepare", "aum-probe", "aum-results", "aum-sweep",
+           "aum-hear-eval", "aum-hear-tasks", "aum-hear-env"]
+
+
+def test_every_console_script_is_tested_here():
+    text = (REPO / "pyproject.toml").read_text()
+    section = text.split("[project.scripts]")[1].split("\n[")[0]
+    assert sorted(line.split("=")[0].strip() for line in section.splitlines() if "=" in line) == sorted(SCRIPTS)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_help_exits_0(name):
+    res = _script(name, "--help")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "usage" in res.stdout.lower() or "python -m" in res.stdout
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """A generated labelled task: clips, the prepared manifest (train / valid / test) and a benchmark file."""
+    root = tmp_path_factory.mktemp("cli_task")
+    write_clips(root / "clips", 24, duration=0.6, labelled=True)
+    prepare("custom", root / "clips", root / "prep")
+    (root / "task.yaml").write_text(
+        "benchmark: {name: synth7, num_classes: 7, target_frames: 64, preset: speechcommands,"
+        " splits: [train, valid, test]}\n"
+        "recipe: {official: false, epochs: 1, lr: 1.0e-3, batch_size: 4, loss: ce, warmup_steps: 1}\n")
+    return root
+
+
+def test_tiny_runs_of_the_console_scripts_exit_0(task, tmp_path):
+    """One cheap successful invocation per script (aum-hear-eval needs the HEAR environment and minutes, and
+    ``aum-hear-env --check`` answers 1 for "not ready" by design: --help only for those two)."""
+    manifest = task / "prep" / "manifest.jsonl"
+    runs = {
+        "aum-encode": ["--seconds", "1"],
+        "aum-pretrain": ["model.depth=2", "data.crop_frames=64", "data.synth_clips=8", "engine.batch_size=2",
+                         "engine.max_steps=1", "engine.device=cpu", f"engine.out_dir={tmp_path / 'pre'}"],
+        "aum-prepare": ["custom", task / "clips", tmp_path / "prep"],
+        "aum-probe": ["synth7", manifest, "--random", "tiny", "--depth", "2", "--frames", "64", "--folds", "0",
+                      "--metric", "accuracy", "--no-multilabel", "--preset", "speechcommands", "--c-grid", "1",
+                      "--out", tmp_path / "records", "--cache", tmp_path / "cache"],
+        "aum-results": [tmp_path / "records", "--out", tmp_path / "tables"],
+        "aum-finetune": [task / "task.yaml", manifest, "--init", "scratch", "model.preset=tiny", "model.depth=2",
+                         "run.device=cpu", "run.max_steps=1", f"run.out={tmp_path / 'ft'}"],
+        "aum-sweep": [REPO / "slurm" / "examples" / "tiny_sweep.yaml", "--dry-run", "--out", tmp_path / "sweep"],
+        "aum-hear-tasks": ["synth-scene", tmp_path / "hear", "--per-class", "3", "--folds", "3", "--duration", "0.5"],
+    }
+    for name, args in runs.items():                    # in order: aum-results reads the probe's records
+        res = _script(name, *args, cwd=tmp_path)
+        assert res.returncode == 0, f"{name}: {res.stderr[-3000:]}"
+    assert (tmp_path / "pre" / "encoder.safetensors").is_file() and (tmp_path / "ft" / "records").is_dir()
+    assert list((tmp_path / "tables").glob("*.md"))
+
+
+def test_input_errors_exit_2_with_one_message(tmp_path):
+    res = _script("aum-pretrain", "engine.typo=1", f"engine.out_dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "unknown config key 'engine.typo'" in res.stderr and "Valid keys under engine" in res.stderr
+    res = _script("aum-probe", "esc10", tmp_path / "nonexistent", "--random", "tiny", "--out", tmp_path / "o",
+                  cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "nonexistent" in res.stderr
+    res = _script("aum-finetune", "esc10", tmp_path / "nonexistent.jsonl", "--init", "aum", cwd=tmp_path)
+    assert res.returncode == 2 and "needs a checkpoint path" in res.stderr
+    res = _script("aum-hear-tasks", "synth-scene", tmp_path / "h", "--folds", "2", cwd=tmp_path)
+    assert res.returncode == 2 and "need folds >= 3" in res.stderr and "Traceback" not in res.stderr
+    res = _script("aum-encode", "--file", tmp_path / "missing.wav", cwd=tmp_path)
+    assert res.returncode == 2 and "missing.wav" in res.stderr and "Traceback" not in res.stderr
