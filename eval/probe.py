@@ -17,6 +17,10 @@ Embedding (``--embedding``): ``mean`` (default: mean of the patch-token outputs;
 train the patch tokens, while the class token only means something after supervised training), ``cls`` (the
 class-token output, what AuM's classifier reads) or ``both`` (the two concatenated). ``--layer N`` probes the
 output of block N (through the final norm) instead of the last one.
+
+Features: a ``--checkpoint`` is fed the feature preset it records (:func:`aum.checkpoint.feature_preset_of`;
+``audioset`` with one warning for a file that records none), a ``--random`` encoder the benchmark's;
+``--preset`` overrides both (with a warning when it differs from the checkpoint's).
 """
 from __future__ import annotations
 
@@ -323,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--multilabel", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--metric", help="accuracy or mAP")
     g.add_argument("--folds", type=int, help="number of cross-validation folds (0: splits)")
-    g.add_argument("--preset", help="feature normalisation preset")
+    g.add_argument("--preset", help="feature normalisation preset (default: the checkpoint's own, else the "
+                                    "benchmark's)")
     g.add_argument("--frames", type=int, help="target frames per clip")
     return p
 

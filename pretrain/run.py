@@ -30,7 +30,7 @@ from aum.data import AudioClipDataset, SynthAudioDataset, collate_skip_bad, form
     scan_audio
 from aum.engine import Trainer
 from aum.models import create_model
-from pretrain.config import PretrainConfig
+from pretrain.config import PretrainConfig, check_config
 from pretrain.figures import save_reconstruction_png
 from pretrain.objectives import OBJECTIVES
 
@@ -96,6 +96,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     The data source, the objective and the encoder are built first; only then is ``config.yaml`` written
     (:func:`aum.cli.save_run_config`: a folder with checkpoints of another config is refused). The encoder and
     objective are initialised from ``engine.seed`` alone, so the same command gives the same weights."""
+    check_config(cfg)                                  # the values aum-sweep checks before submitting
     out_dir = Path(cfg.engine.out_dir)
     dataset = build_dataset(cfg, out_dir)
     with torch.random.fork_rng(devices=[]):           # initial weights depend on the seed only
@@ -122,7 +123,8 @@ def run(argv=None) -> dict:
     returns :func:`pretrain`'s summary (``{}`` for ``--help``). Errors propagate (:func:`main` reports them)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if {"-h", "--help"} & set(argv):
-        print(__doc__ + "\nConfiguration keys and defaults:\n\n" + OmegaConf.to_yaml(OmegaConf.structured(PretrainConfig)))
+        print(__doc__ + "\nConfiguration keys and defaults:\n\n"
+              + OmegaConf.to_yaml(OmegaConf.structured(PretrainConfig)))
         return {}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     path, overrides = parse_cli(argv)
@@ -137,7 +139,6 @@ def main(argv=None) -> int:
     """Command-line entry point (``aum-pretrain``, ``python -m pretrain``); returns the exit status: 0 done,
     2 a usage / config / data error (one message; ``--debug`` adds the traceback), 3 stopped by a signal
     (SIGTERM, SIGUSR1, Ctrl-C) after a checkpoint: rerunning the same command resumes (see :mod:`aum.cli`)."""
-    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
 
     def body(words: list[str]) -> int:
         summary = run(words)

@@ -5,9 +5,13 @@
     aum-sweep tables SWEEP_DIR         # build the results tables now, from the records there are
     aum-sweep cancel SWEEP_DIR         # scancel every job of the sweep still in the queue
 
-Submitting checks everything first (unknown stages, cycles, missing checkpoints or manifests, argument typos,
-resources the partition cannot satisfy) and submits nothing when anything is wrong. Submitting the same sweep
-again skips every finished job (its done marker and result records exist) and resubmits only the rest.
+Submitting (and ``--dry-run``) checks everything first (unknown stages, cycles, missing checkpoints or manifests,
+argument typos, every job's config built as the job will build it with its values checked -- objective, model
+preset, mixer, class token, feature preset, metric, init, generated-benchmark settings -- and resources the
+partition cannot satisfy), lists every problem with its stage, key and valid values, and exits 2 having submitted
+nothing when anything is wrong. A job that fails anyway has its exception's message as its reason (``sweep.json``
+with the local executor, ``aum-sweep status`` always). Submitting the same sweep again skips every finished job
+(its done marker and result records exist) and resubmits only the rest.
 See ``slurm/examples/tiny_sweep.yaml`` for a sweep file and :mod:`slurm.spec` for all its keys.
 """
 from __future__ import annotations

@@ -193,7 +193,8 @@ def _check_finetune(argv: list[str], what: str) -> None:
     except SystemExit as e:
         raise ValueError(f"{what}: eval.finetune rejects its arguments: {e}") from None
     except (ValueError, KeyError, FileNotFoundError) as e:
-        raise ValueError(f"{what}: {e}") from None
+        text = e.args[0] if isinstance(e, KeyError) and e.args else e      # a KeyError's str() is its repr
+        raise ValueError(f"{what}: {text}") from None
 
 
 def records_in(folder: str | Path) -> list[str]:

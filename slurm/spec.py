@@ -46,9 +46,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from eval.records import INITS
 from aum.config import ConfigError
 from aum.models.registry import check_model_options
+from eval.records import INITS
+from eval.registry import list_benchmarks
 from slurm.data import GENERATE_KEYS, check_generate
 from slurm.kinds import KINDS, eval_argv, pretrain_argv, tables_argv
 from slurm.resources import Resources, ResourceError, resolve_resources
@@ -212,6 +213,10 @@ def _benchmarks(raw: dict, out_dir: Path) -> dict:
             recipe = str(b.get("recipe") or name)
             entry["recipe"] = _path(recipe, f"benchmarks.{name}.recipe") if recipe.endswith((".yaml", ".yml")) \
                 else recipe
+            if b.get("recipe") and not (recipe.endswith((".yaml", ".yml")) or "/" in recipe) \
+                    and recipe not in list_benchmarks():
+                raise SweepError(f"benchmarks.{name}.recipe: unknown benchmark {recipe!r} (registered: "
+                                 f"{', '.join(list_benchmarks())}; or give a benchmark YAML file)")
         out[name] = entry
     return out
 

@@ -72,10 +72,11 @@ SCRIPT = textwrap.dedent('''
         loss = ((model(batch["x"]) - batch["y"]) ** 2).mean() * scale
         return loss, {"scale": scale}
 
-    before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1))
+    handlers = lambda: [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)]
+    before = handlers()
     trainer = Trainer(model, Data(), EngineConfig(**args), step_fn, dataset_epoch_keys=True)
     res = trainer.fit()
-    res["handlers_restored"] = before == (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1))
+    res["handlers_restored"] = before == handlers()
     torch.save(trainer.module.state_dict(), os.path.join(args["out_dir"], f"final.{rank}.pt"))
     cleanup_distributed()
     print("RESULT " + json.dumps(res), flush=True)
@@ -144,10 +145,11 @@ def test_kill_and_resume_is_bit_exact_and_restores_the_data_position(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]     # lines of the killed step 5 were dropped
 
 
-def test_sigterm_checkpoints_the_current_step_and_returns_cleanly(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_checkpoints_the_current_step_and_returns_cleanly(tmp_path, sig):
     proc = launch(tmp_path, "term", slow=0.1, max_steps=100, ckpt_every=0, dropout=0.0)
     wait_for(lambda: len(records(tmp_path, "term")) >= 3, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)                                     # SIGINT: Ctrl-C, handled as SIGTERM
     res = finish(proc, timeout=60)
     assert res["stopped_by"] == "signal" and 3 <= res["step"] < 100 and res["handlers_restored"]
     path = Path(res["checkpoint"])

@@ -282,3 +282,23 @@ def test_build_model_from_vision_mamba_weights(tmp_path):
     assert torch.equal(model.layers[1].mixer.A_log, sd["layers.1.mixer.A_log"])
     with pytest.raises(ValueError, match="run.fold applies to k-fold benchmarks"):
         ft.finetune(ft.load_finetune_config("speechcommands", ["run.fold=2"]), tmp_path / "m.jsonl")
+
+
+def test_main_exit_statuses_and_a_run_config_kept_until_the_start_is_checked(task, tmp_path, monkeypatch, capsys):
+    base = [str(task / "task.yaml"), str(task / "prep" / "manifest.jsonl"), "--init", "scratch", *FAST,
+            "run.max_steps=2"]
+    run_dir = tmp_path / "r"
+    assert ft.main([*base, f"run.out={run_dir}"]) == 0
+    before = (run_dir / "config.yaml").read_text()
+    capsys.readouterr()
+    assert ft.main([*base, f"run.out={run_dir}", "recipe.lr=0.5"]) == 2       # checkpoints of another config
+    err = capsys.readouterr().err
+    assert "has checkpoints of a different config" in err and "recipe.lr: 0.002 in the run, 0.5 now" in err
+    assert "Traceback" not in err and (run_dir / "config.yaml").read_text() == before
+    fresh = tmp_path / "fresh"                                                  # checked before anything is written
+    assert ft.main([*base, f"run.out={fresh}", "recipe.batch_size=1000"]) == 2
+    assert "fewer than one batch" in capsys.readouterr().err and not (fresh / "config.yaml").exists()
+    monkeypatch.setattr(ft, "run_one", lambda *a, **k: ("signal", None))        # as when SIGTERM / Ctrl-C stopped it
+    assert ft.main([*base, f"run.out={run_dir}"]) == 3
+    err = capsys.readouterr().err
+    assert "fine-tuning synth7 stopped by a signal" in err and "run the same command again to resume" in err

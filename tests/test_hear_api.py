@@ -96,7 +96,7 @@ def test_silence_and_full_scale_noise_are_finite(model):
     (torch.full((1, 4000), 3, dtype=torch.int32), r"integer dtype torch.int32"),
     (torch.ones(1, 4000, dtype=torch.bool), r"boolean dtype"),
     (torch.zeros(2, 0), r"zero-length audio \(shape \(2, 0\)\)"),
-    (torch.zeros(4000, 1), r"\(4000, 1\) is 4000 sounds of 1 sample each.*audio\.T"),
+    (torch.zeros(50, 1), r"\(50, 1\) is 50 sounds of 1 sample each.*audio\.T"),
 ])
 def test_bad_audio_is_rejected_with_a_clear_message(model, fn, audio, message):
     with pytest.raises(ValueError, match=message):

@@ -153,97 +153,6 @@ def test_local_executor_refuses_what_one_machine_cannot_do(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("replace,message", [
-    ({"grid: {objective.name: [ssast]}": "grid: {objective.name: [ssat]}"},
-     "stages.pretrain: objective.name must be one of mae, ssast; got 'ssat' (job pretrain/ssat)"),
-    ({"args: {model.depth: 2,": "args: {model.depth: 2, model.preset: huge,"},
-     "stages.pretrain: model.preset must be one of base, small, tiny; got 'huge'"),
-    ({"args: {model.depth: 2,": "args: {model.depth: 2, model.mixer: v3,"},
-     "stages.pretrain: model.mixer must be one of none, v1, v2; got 'v3'"),
-    ({"args: {model.depth: 2,": "args: {model.depth: 2, data.preset: audiosett,"},
-     "stages.pretrain: data.preset: unknown feature preset 'audiosett'; valid presets: audioset,"),
-    ({"run.max_steps: 2,": "run.max_steps: 2, model.mixer: bi,"},
-     "stages.finetune: model.mixer must be one of none, v1, v2; got 'bi' (job finetune/ssast/synth_a-seed0 and 1 more)"),
-    ({"batch-size: 16": "batch-size: 16, metric: map"},
-     "stages.probe: --metric must be one of accuracy, mAP; got 'map' (job probe/ssast/synth_a-seed0 and 7 more)"),
-    ({"scratch: {preset: tiny, depth: 2}": "scratch: {preset: tiniest, depth: 2}"},
-     "inits.scratch.preset must be one of base, small, tiny; got 'tiniest'"),
-    ({"scratch: {preset: tiny, depth: 2}": "scratch: {init: scrach, preset: tiny}"},
-     "inits.scratch: init must be one of ('scratch', 'imagenet', 'ssl', 'official'), got 'scrach'"),
-    ({"clips: 28, duration: 1.25": "clips: 10, duration: 1.25"},
-     "benchmarks.synth_b.generate: a generated benchmark needs folds >= 2 and clips >= 7 * max(2, folds)"),
-])
-def test_dry_run_rejects_unknown_values_in_any_stage(tmp_path, capsys, replace, message):
-    """Values only the job would have rejected (at run time, after submission) fail the dry run: exit 2, the
-    stage, the key and the valid values on stderr, nothing written."""
-    path = sweep_file(tmp_path, **replace)
-    assert sweep_main([str(path), "--dry-run", "--executor", "local", "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert message in err and "would run" not in err
-    assert not (tmp_path / "out").exists()
-
-
-def test_every_bad_stage_is_reported_before_anything_is_submitted(tmp_path):
-    before = set(squeue_states())
-    sweep = load(tmp_path, **{"grid: {objective.name: [ssast]}": "grid: {objective.name: [ssast, byol]}",
-                              "batch-size: 16": "batch-size: 16, preset: voxcelebb"})
-    with pytest.raises(SweepError) as info:
-        submit_sweep(sweep, "local")
-    text = str(info.value)
-    assert text.startswith("2 problems, nothing submitted")
-    assert "stages.pretrain: objective.name must be one of mae, ssast; got 'byol' (job pretrain/byol)" in text
-    assert "stages.probe: --preset: unknown feature preset 'voxcelebb'" in text
-    _assert_nothing_submitted(tmp_path, before)
-
-
-def test_valid_values_pass_the_checks(tmp_path):
-    """No false alarms: every objective, mixer and preset the code accepts passes the dry run."""
-    sweep = load(tmp_path, **{"grid: {objective.name: [ssast]}":
-                              "grid: {objective.name: [ssast, mae], model.mixer: [none, v1, v2]}",
-                              "args: {model.depth: 2,": "args: {model.depth: 2, data.preset: voxceleb,",
-                              "batch-size: 16": "batch-size: 16, metric: mAP, preset: speechcommands",
-                              "run.max_steps: 2,": "run.max_steps: 2, model.preset: small, model.mixer: v2,"})
-    state = submit_sweep(sweep, "local", dry_run=True, say=lambda *a: None)
-    pretrain, probes, finetunes = 2 * 3, (2 * 3 + 1) * 2 * 2, 2 * 3 * 2      # encoders x benchmarks x seeds
-    assert len(state["jobs"]) == pretrain + probes + finetunes + 1
-    assert not (tmp_path / "out").exists()
-
-
-def test_trace_exception_is_the_final_exception_of_a_traceback():
-    from slurm.status import trace_exception
-    trace = ('Traceback (most recent call last):\n  File "a.py", line 3, in f\n    g()\n    ^^^\n'
-             'KeyError: \'x\'\n\nDuring handling of the above exception, another exception occurred:\n\n'
-             'Traceback (most recent call last):\n  File "a.py", line 5, in f\n    raise ValueError("two\\nlines")\n'
-             'ValueError: first line\n  second line\n')
-    assert trace_exception(trace) == "ValueError: first line second line"
-    assert trace_exception("") == ""
-
-
-def test_a_failed_job_records_its_error_message(tmp_path):
-    """A job that fails at run time (a checkpoint that is not one) has the exception's message as its reason in
-    sweep.json, in the launcher's output and in ``aum-sweep status`` -- not only a log path."""
-    bad = tmp_path / "broken.safetensors"
-    bad.write_text("not a checkpoint")
-    text = TINY.replace("encoders: [pretrain, scratch]", f"encoders: [{bad}]").replace(
-        "encoders: [pretrain]", f"encoders: [{bad}]")
-    text = text[:text.index("  pretrain:\n")] + text[text.index("  probe:\n"):]          # no pretraining stage
-    text = text.replace("benchmarks: [synth_a, synth_b]\n    seeds: [0, 1]", "benchmarks: [synth_a]\n    seeds: [0]")
-    text = text[:text.index("  finetune:\n")] + "tables: false\n"
-    said: list[str] = []
-    state = submit_sweep(load(tmp_path, text), "local", say=said.append)
-    job = "probe/broken/synth_a-seed0"
-    assert list(state["jobs"]) == [job]
-    want = f"{bad}: not a checkpoint we can read"
-    recorded = read_state(tmp_path / "out")["jobs"][job]
-    assert recorded["status"] == "failed" and want in recorded["error"]
-    assert any(want in line for line in said)
-    states = job_states(read_state(tmp_path / "out"))
-    assert states[job]["state"] == "FAILED" and want in states[job]["reason"]
-    status = subprocess.run([sys.executable, "-m", "slurm", "status", str(tmp_path / "out")], capture_output=True,
-                            text=True)
-    assert status.returncode == 0 and want in status.stdout
-
-
 @pytest.mark.skipif(not HAVE_SLURM, reason=NO_SLURM)
 @pytest.mark.parametrize("resources,message", [
     ("cpus_per_task: 4096", "cannot satisfy"),
@@ -320,6 +229,17 @@ def test_job_callable_writes_its_done_marker_and_skips_when_done(tmp_path):
     assert SweepJob(spec)() == {"name": "pretrain/ssast", "skipped": True}
     Path(spec["encoder"]).unlink()
     assert not is_done(spec)               # its product is gone: it runs again
+
+
+def test_job_whose_entry_point_exits_3_was_stopped_and_resumes(tmp_path, monkeypatch):
+    import dataclasses
+    import slurm.jobs
+    from slurm.jobs import JobInterrupted, SweepJob, is_done
+    spec = dataclasses.asdict(load(tmp_path).job("pretrain/ssast"))
+    monkeypatch.setattr(slurm.jobs, "entry_point", lambda kind: lambda argv: 3)     # aum.cli.EXIT_STOPPED
+    with pytest.raises(JobInterrupted, match="stopped by a signal"):
+        SweepJob(spec)()
+    assert not is_done(spec)
 
 
 # ------------------------------------------------------------------------------------------- end to end

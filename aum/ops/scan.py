@@ -4,7 +4,8 @@
     y_t = C_t . h_t + D * u_t,        out = y * silu(z)
 
 Shapes follow mamba-ssm's ``selective_scan_fn``: ``u, delta, z: [batch, E, L]``, ``A: [E, N]``,
-``B, C: [batch, N, L]`` (input-dependent, shared by all channels), ``D, delta_bias: [E]``.
+``B, C: [batch, N, L]`` (input-dependent, shared by all channels) or grouped ``[batch, G, N, L]`` (channel ``c``
+uses group ``c // (E / G)``; ``E`` divisible by ``G``), ``D, delta_bias: [E]``.
 
 Three implementations of the same maths:
 
