@@ -358,6 +358,9 @@ class Trainer:
                 pbar.close()
                 if writer is not None:
                     writer.close()
+                # stop the loader's workers now: a traceback that still holds ``it`` would otherwise keep them
+                # alive to interpreter exit, where joining them (they ignore SIGTERM) never ends
+                getattr(it, "_shutdown_workers", lambda: None)()
                 del it
             if self._saved_step != self.step:
                 self._save(self.step, self._consumed)

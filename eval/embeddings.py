@@ -16,7 +16,9 @@ Cache layout::
 Each file stores both clip embeddings, ``cls`` (class-token output) and ``mean`` (mean of the patch-token outputs),
 so ``--embedding cls|mean|both`` all read the same cache; ``index`` (the rows of the entry list that decoded:
 bad files are skipped and logged) and a JSON ``meta`` (entry fingerprint, feature preset, frames, layer, encoder
-config, timing). A file whose fingerprint or front end differs from the request is re-extracted and replaced.
+config, timing). A file whose fingerprint or front end differs from the request is re-extracted and replaced. The
+fingerprint (:func:`entries_fingerprint`) covers each audio file's size and modification time, so an audio file
+replaced at the same path, or a missing one restored, makes the next run extract the split again.
 
 Memory: audio lives only one batch at a time (``batch_size`` clips); the embeddings themselves, ``2 x N x D``
 float32, are kept in memory (a linear probe needs them all anyway).
@@ -46,7 +48,7 @@ from aum.models import AuM, create_model
 log = logging.getLogger(__name__)
 EMBEDDINGS = ("cls", "mean", "both")
 DEFAULT_EMBEDDING = "mean"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2                 # 2: the entry fingerprint includes file size and mtime
 
 
 def default_cache_dir() -> Path:
@@ -122,11 +124,26 @@ class EmbeddingSet:
         return {"cls": self.cls, "mean": self.mean}[kind] if kind != "both" else np.hstack([self.cls, self.mean])
 
 
+def _file_state(path) -> list | None:
+    """``[size, mtime_ns]`` of a file, or ``None`` when it cannot be stat'ed (missing)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
 def entries_fingerprint(entries) -> str:
-    """sha256 of what decides the audio of each entry: path, start, stop (labels and folds do not matter)."""
-    h = hashlib.sha256()
+    """sha256 of what decides the audio of each entry: path, start, stop, an HDF5 key, and the file's size and
+    modification time (``None`` when it is missing), so a file replaced at the same path, or a missing one
+    restored, changes it. Labels and folds do not matter. Costs one ``stat`` per distinct file."""
+    h, states = hashlib.sha256(), {}
     for e in entries:
-        h.update(json.dumps([str(e["path"]), e.get("start"), e.get("stop")]).encode() + b"\n")
+        path = str(e["path"])
+        if path not in states:
+            states[path] = _file_state(path)
+        key = [path, e.get("start"), e.get("stop"), e.get("hdf5_key"), states[path]]
+        h.update(json.dumps(key).encode() + b"\n")
     return h.hexdigest()
 
 

@@ -25,7 +25,7 @@ from eval.prepare.custom import hash_unit
 
 log = logging.getLogger(__name__)
 _HDF5_FILES: dict = {}
-__all__ = ["load_manifest", "check_entries", "make_splits", "carve_validation", "balanced_weights",
+__all__ = ["load_manifest", "manifest_classes", "check_entries", "make_splits", "carve_validation", "balanced_weights",
            "read_hdf5_segment", "FinetuneDataset"]
 
 
@@ -44,16 +44,38 @@ def _labels(entry: dict) -> list[str]:
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else ([] if value in (None, "") else [str(value)])
 
 
-def check_entries(entries: list[dict], classes: list[str], bench, check_files: bool = True) -> None:
+def manifest_classes(manifest) -> list[str] | None:
+    """The class list beside a manifest file (``classes.txt``, written by ``python -m eval.prepare``), or ``None``
+    when there is none (a dataset folder, a hand-written manifest)."""
+    path = Path(manifest)
+    if path.is_dir() or not (path.parent / CLASSES).is_file():
+        return None
+    return read_classes(path.parent / CLASSES)
+
+
+def check_entries(entries: list[dict], classes: list[str] | None, bench, check_files: bool = True) -> None:
     """Everything that would fail later, now: class count, unlabelled clips, unknown labels, several labels on a
-    single-label benchmark, missing audio files. Each error says which and how many."""
-    name = bench.name
-    if len(classes) != bench.num_classes:
-        raise PrepareError(f"{name}: the class list has {len(classes)} classes, the benchmark {bench.num_classes}")
-    vocab = set(classes)
+    single-label benchmark, missing audio files. Each error says which and how many. The one manifest check of
+    :mod:`eval.finetune` and :mod:`eval.probe`.
+
+    ``bench`` needs ``name``, ``num_classes`` (``None``: unknown, not checked) and ``multi_label``. Without a class
+    list (``classes=None``), the labels of the entries are the vocabulary and there may be at most
+    ``num_classes`` distinct ones; the error then names the rarest labels (the likely strays)."""
+    name, n_classes = bench.name, bench.num_classes
+    if classes is not None and n_classes is not None and len(classes) != n_classes:
+        raise PrepareError(f"{name}: the class list has {len(classes)} classes, the benchmark {n_classes}")
     unlabelled = [e["path"] for e in entries if not _labels(e)]
     if unlabelled:
         raise PrepareError(f"{name}: {len(unlabelled)} clip(s) have no label (e.g. {unlabelled[0]})")
+    if classes is None:
+        counts = collections.Counter(lab for e in entries for lab in _labels(e))
+        if n_classes is not None and len(counts) > n_classes:
+            rare = sorted(counts.items(), key=lambda kv: (kv[1], kv[0]))[:3]
+            raise PrepareError(f"{name}: the manifest has {len(counts)} distinct labels, the benchmark "
+                               f"{n_classes} classes (rarest: "
+                               f"{', '.join(f'{lab!r} x{n}' for lab, n in rare)})")
+        classes = list(counts)
+    vocab = set(classes)
     unknown = collections.Counter(lab for e in entries for lab in _labels(e) if lab not in vocab)
     if unknown:
         raise PrepareError(f"{name}: {sum(unknown.values())} label(s) are not in the class list ({len(unknown)} "

@@ -43,6 +43,7 @@ from aum.data import read_manifest
 from aum.features import FbankConfig, get_preset
 from aum.models import PRESETS
 from eval.embeddings import DEFAULT_EMBEDDING, EMBEDDINGS, Encoder, get_embeddings
+from eval.ft_data import check_entries, manifest_classes
 from eval.linear import C_GRID, CLASSIFIERS, evaluate, fit_probe, inner_splits, select_regularisation
 from eval.records import INITS, ResultRecord, write_record
 
@@ -60,18 +61,24 @@ class ProbeBenchmark:
     folds: int | None = None          # number of cross-validation folds; None: train / valid / test splits
     preset: str | FbankConfig = "audioset"   # feature preset (aum.features.NORM_PRESETS) for random encoders
     target_frames: int | None = 1024
+    num_classes: int | None = None    # size of the benchmark's label set; None: unknown (not checked)
+
+    @property
+    def multi_label(self) -> bool:
+        """Alias of ``multilabel`` (the spelling :func:`eval.ft_data.check_entries` reads)."""
+        return self.multilabel
 
 
 # Used when eval.registry does not know a benchmark. ESC clips are 5 s (498 frames), padded to 512 as in AST.
 FALLBACK_BENCHMARKS = {b.name: b for b in (
-    ProbeBenchmark("esc10", folds=5, target_frames=512),
-    ProbeBenchmark("esc50", folds=5, target_frames=512),
-    ProbeBenchmark("speechcommands", preset="speechcommands", target_frames=128),
-    ProbeBenchmark("audioset", multilabel=True, metric="mAP"),
-    ProbeBenchmark("audioset20k", multilabel=True, metric="mAP"),
-    ProbeBenchmark("vggsound", preset="vggsound"),
-    ProbeBenchmark("voxceleb", preset="voxceleb"),
-    ProbeBenchmark("epic_sounds", preset="epic_sounds"),
+    ProbeBenchmark("esc10", folds=5, target_frames=512, num_classes=10),
+    ProbeBenchmark("esc50", folds=5, target_frames=512, num_classes=50),
+    ProbeBenchmark("speechcommands", preset="speechcommands", target_frames=128, num_classes=35),
+    ProbeBenchmark("audioset", multilabel=True, metric="mAP", num_classes=527),
+    ProbeBenchmark("audioset20k", multilabel=True, metric="mAP", num_classes=527),
+    ProbeBenchmark("vggsound", preset="vggsound", num_classes=309),
+    ProbeBenchmark("voxceleb", preset="voxceleb", num_classes=1251),
+    ProbeBenchmark("epic_sounds", preset="epic_sounds", num_classes=44),
 )}
 
 
@@ -86,7 +93,7 @@ def _from_registry(name: str) -> ProbeBenchmark | None:
     except (KeyError, FileNotFoundError):
         return None
     return ProbeBenchmark(spec.name, bool(spec.multi_label), spec.metric, spec.folds or None, spec.preset,
-                          spec.target_frames)
+                          spec.target_frames, spec.num_classes)
 
 
 def benchmark_info(name: str, **overrides) -> ProbeBenchmark:
@@ -264,9 +271,19 @@ def probe_scores(X, Y, info: ProbeBenchmark, entries, rows, grid=C_GRID, classif
              "n_train": len(fit_rows), "n_test": len(test)}]
 
 
+def check_labels(info: ProbeBenchmark, entries, manifest=None) -> None:
+    """The manifest check :mod:`eval.finetune` makes (:func:`eval.ft_data.check_entries`), before any audio is
+    read: labels must be in the class list beside ``manifest`` (``classes.txt``), or, without one, number at most
+    the benchmark's ``num_classes``. Missing audio files are not an error here: they are skipped and logged."""
+    classes = manifest_classes(manifest) if manifest is not None else None
+    check_entries(entries, classes, info, check_files=False)
+
+
 def run_probe(info: ProbeBenchmark, entries, encoder: Encoder, args) -> list[ResultRecord]:
-    """Embed (cached), probe, write the records to ``args.out`` and return them (per fold, then the mean)."""
+    """Check the labels (:func:`check_labels` against ``args.manifest``), embed (cached), probe, write the records
+    to ``args.out`` and return them (per fold, then the mean)."""
     t0 = time.perf_counter()
+    check_labels(info, entries, getattr(args, "manifest", None))
     X, rows, facts = _embed(encoder, info, entries, args)
     Y, classes = encode_labels([entries[r] for r in rows], info.multilabel)
     results = probe_scores(X, Y, info, entries, rows, args.c_grid, args.classifier)

@@ -134,6 +134,19 @@ def test_checks_and_splits_fail_before_training(task, tmp_path):
     assert sum(map(len, sp.values())) == 56 and all(sp.values())
 
 
+def test_check_without_a_class_list_bounds_the_label_count(task, tmp_path):
+    from eval.ft_data import manifest_classes
+    esc = load_benchmark("esc10").benchmark
+    entries = [{"path": f"/a/{i}.wav", "labels": [f"c{i % 10}"]} for i in range(40)]
+    check_entries(entries, None, esc, check_files=False)            # 10 labels: fine without a class list
+    stray = entries + [{"path": "/a/x.wav", "labels": ["dgo"]}]
+    with pytest.raises(PrepareError, match=r"esc10: the manifest has 11 distinct labels, the benchmark 10 classes "
+                                           r"\(rarest: 'dgo' x1, 'c0' x4, 'c1' x4\)"):
+        check_entries(stray, None, esc, check_files=False)
+    assert manifest_classes(task / "prep" / "manifest.jsonl") == (task / "prep" / "classes.txt").read_text().split()
+    assert manifest_classes(task / "prep") is None and manifest_classes(tmp_path / "m.jsonl") is None
+
+
 def test_training_items_of_only_missing_files_stop_after_max_bad_loads(task, tmp_path):
     bf = load_benchmark(str(task / "task.yaml"))
     entries = [json.loads(ln) for ln in (task / "prep" / "manifest.jsonl").read_text().splitlines()]

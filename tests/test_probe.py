@@ -88,6 +88,63 @@ def test_cache_key_follows_the_weights(tmp_path):
     assert Encoder.from_checkpoint(path, depth=1).key != Encoder.from_checkpoint(path).key
 
 
+def test_cache_follows_replaced_and_restored_files(tmp_path):
+    manifest, _ = _dataset(tmp_path / "data", n_per_class=2, seconds=0.35)
+    entries = probe.load_entries(manifest, "toy")
+    enc = Encoder.random("tiny", seed=0, **TINY)
+    kw = dict(cache_dir=tmp_path / "cache", preset="audioset", target_frames=32, batch_size=8)
+    missing = Path(entries[2]["path"])
+    kept = missing.read_bytes()
+    missing.unlink()
+    first, hit = get_embeddings(enc, "toy", "all", entries, **kw)
+    assert not hit and first.index.tolist() == [0, 1, 3, 4, 5]            # the missing clip is skipped
+    missing.write_bytes(kept)                                               # restored: embedded on the next run
+    second, hit = get_embeddings(enc, "toy", "all", entries, **kw)
+    assert not hit and second.index.tolist() == [0, 1, 2, 3, 4, 5]
+    np.testing.assert_allclose(second.mean[[0, 1, 3, 4, 5]], first.mean, rtol=1e-5, atol=1e-6)
+    _, hit = get_embeddings(enc, "toy", "all", entries, **kw)
+    assert hit
+    replaced = Path(entries[4]["path"])                                     # other audio, same path and mtime
+    stat = replaced.stat()
+    sf.write(replaced, _tones([2500.0], 0.5, seed=99), SR)
+    os.utime(replaced, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    third, hit = get_embeddings(enc, "toy", "all", entries, **kw)
+    assert not hit and not np.allclose(third.mean[4], second.mean[4], atol=1e-4)
+    np.testing.assert_allclose(third.mean[:4], second.mean[:4], rtol=1e-5, atol=1e-6)
+    same_size = Path(entries[5]["path"])                                    # same size, only the mtime moves
+    os.utime(same_size, ns=(stat.st_atime_ns, same_size.stat().st_mtime_ns + 10**9))
+    _, hit = get_embeddings(enc, "toy", "all", entries, **kw)
+    assert not hit
+
+
+def test_probe_rejects_labels_outside_the_benchmark_like_finetune(tmp_path, capsys):
+    from eval.ft_data import check_entries, load_manifest
+    from eval.prepare import PrepareError
+    manifest, rows = _dataset(tmp_path / "data", n_per_class=2, seconds=0.35)
+    (manifest.parent / "classes.txt").write_text("high\nlow\nmid\n")
+    rows[1]["labels"] = ["extra"]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    message = r"1 label\(s\) are not in the class list \(1 distinct, e.g. 'extra'\)"
+    entries, classes = load_manifest(manifest)                              # what eval.finetune checks ...
+    with pytest.raises(PrepareError, match=message):
+        check_entries(entries, classes, probe.benchmark_info("toy", num_classes=3))
+    info = probe.benchmark_info("toy", folds=3)
+    with pytest.raises(PrepareError, match=message):                        # ... and eval.probe, the same way
+        probe.check_labels(info, probe.load_entries(manifest, "toy"), manifest)
+    base = ["--random", "tiny", "--depth", "2", "--frames", "32", "--out", str(tmp_path / "out"),
+            "--cache", str(tmp_path / "cache"), "--folds", "3"]
+    assert probe.main(["toy", str(manifest)] + base) == 2
+    assert "toy: 1 label(s) are not in the class list" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()                                # rejected before any extraction
+    pack = tmp_path / "pack"                                                # ESC-10 pack with an 11th label
+    pack.mkdir()
+    (pack / "meta.csv").write_text("filename,label,fold\n" + "".join(
+        f"audio/{i}.flac,{'dgo' if i == 0 else f'c{i % 10}'},{i % 5 + 1}\n" for i in range(41)))
+    assert probe.main(["esc10", str(pack)] + base) == 2
+    assert "esc10: the manifest has 11 distinct labels, the benchmark 10 classes (rarest: 'dgo' x1" in \
+        capsys.readouterr().err
+
+
 def test_c_is_chosen_without_the_test_fold(monkeypatch):
     rng = np.random.default_rng(0)
     n, folds = 60, np.arange(60) % 5 + 1

@@ -68,12 +68,45 @@ def _resolve(backend: str | None, tensor: torch.Tensor, kernel) -> str:
     return backend
 
 
+def check_scan_shapes(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> int:
+    """Check the scan's input shapes against each other; returns the number of B / C groups ``G`` (1 for
+    ``[batch, N, L]``). Raises ``ValueError`` naming the offending input and the expected shape."""
+    def fail(msg):
+        raise ValueError(f"selective_scan: {msg}")
+
+    if u.dim() != 3:
+        fail(f"u must be [batch, E, L]; got shape {tuple(u.shape)}")
+    batch, channels, length = u.shape
+    if tuple(delta.shape) != tuple(u.shape):
+        fail(f"delta must have u's shape {tuple(u.shape)}; got {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != channels:
+        fail(f"A must be [E={channels}, N]; got shape {tuple(A.shape)}")
+    state = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() not in (3, 4) or t.shape[0] != batch or tuple(t.shape[-2:]) != (state, length):
+            fail(f"{name} must be [batch={batch}, N={state}, L={length}] or [batch, G, N, L]; "
+                 f"got shape {tuple(t.shape)}")
+    if tuple(B.shape) != tuple(C.shape):
+        fail(f"B and C must have the same shape; got {tuple(B.shape)} and {tuple(C.shape)}")
+    groups = B.shape[1] if B.dim() == 4 else 1
+    if groups < 1 or channels % groups:
+        fail(f"E={channels} channels are not divisible by G={groups} groups of B / C")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != (channels,):
+            fail(f"{name} must be [E={channels}]; got shape {tuple(t.shape)}")
+    if z is not None and tuple(z.shape) != tuple(u.shape):
+        fail(f"z must have u's shape {tuple(u.shape)}; got {tuple(z.shape)}")
+    return groups
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend=None):
     """Run the selective scan; returns ``[batch, E, L]`` in ``u``'s dtype.
 
+    ``B`` and ``C`` are ``[batch, N, L]`` or grouped ``[batch, G, N, L]`` (see the module docstring).
     ``backend`` is one of ``auto`` (CUDA kernel for CUDA tensors when mamba-ssm imports, else ``torch``),
     ``torch``, ``reference`` or ``cuda``; ``None`` reads the ``AUM_SCAN_BACKEND`` environment variable.
     """
+    check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
     kernel = cuda_kernels()[0]
     backend = _resolve(backend, u, kernel)
     if backend == "cuda":
@@ -82,6 +115,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     out_dtype = u.dtype
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    if B.dim() == 3:                   # internally always grouped: [batch, G, N, L]
+        B, C = B.unsqueeze(1), C.unsqueeze(1)
     u, delta, B, C = (t.to(compute) for t in (u, delta, B, C))
     A = A.to(compute)
     if delta_bias is not None:
@@ -99,6 +134,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """Slow, obvious selective scan: one Python step per time step, autograd for gradients (tests only)."""
+    groups = check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
     dtype = u.dtype
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     u, delta, A, B, C = (t.to(compute) for t in (u, delta, A, B, C))
@@ -107,13 +143,18 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     if delta_softplus:
         delta = F.softplus(delta)
     batch, channels, length = u.shape
-    h = u.new_zeros(batch, channels, A.shape[1])
+    per_group = channels // groups
+    # channels split as [G, E / G]: channel g * (E / G) + i reads B[:, g], C[:, g]
+    u4, delta4 = u.view(batch, groups, per_group, length), delta.view(batch, groups, per_group, length)
+    B4, C4 = B.view(batch, groups, -1, length), C.view(batch, groups, -1, length)
+    A3 = A.view(groups, per_group, A.shape[1])
+    h = u.new_zeros(batch, groups, per_group, A.shape[1])
     ys = []
     for t in range(length):
-        decay = torch.exp(delta[:, :, t, None] * A)                           # [b, E, N]
-        drive = delta[:, :, t, None] * B[:, None, :, t] * u[:, :, t, None]      # [b, E, N]
+        decay = torch.exp(delta4[..., t, None] * A3)                                   # [b, G, E/G, N]
+        drive = delta4[..., t, None] * B4[:, :, None, :, t] * u4[..., t, None]           # [b, G, E/G, N]
         h = decay * h + drive
-        ys.append((h * C[:, None, :, t]).sum(-1))
+        ys.append((h * C4[:, :, None, :, t]).sum(-1).reshape(batch, channels))
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + D.to(compute)[:, None] * u
@@ -129,16 +170,17 @@ def _chunk_len(batch: int, channels: int, state: int, length: int) -> int:
 
 def _chunk_terms(u, delta, A_log2_t, B, start, stop, decay, drive):
     """Fill one chunk's time-major ``decay = exp(delta*A)`` and ``drive = delta*B*u`` buffers, both
-    ``[t, b, N, E]`` (channels innermost, so the read-out over N is a small matmul). Returns the chunk's
-    ``delta`` and ``delta*u`` as ``[t, b, 1, E]``.
+    ``[t, b, G, N, H]`` (``H = E / G`` channels of a group innermost, so the read-out over N is a small
+    matmul). ``u``, ``delta`` are ``[b, G, H, L]``, ``B`` is ``[b, G, N, L]``. Returns the chunk's ``delta``
+    and ``delta*u`` as ``[t, b, G, 1, H]``.
 
-    ``A_log2_t`` is ``(A * log2 e).T``: PyTorch's vectorised exp2 is about 3x faster than exp on CPU and
-    agrees with it to float rounding.
+    ``A_log2_t`` is ``(A * log2 e)`` as ``[G, N, H]``: PyTorch's vectorised exp2 is about 3x faster than exp
+    on CPU and agrees with it to float rounding.
     """
-    d = delta[:, :, start:stop].permute(2, 0, 1).unsqueeze(2)
+    d = delta[..., start:stop].permute(3, 0, 1, 2).unsqueeze(3)
     torch.exp2(torch.mul(d, A_log2_t, out=decay), out=decay)
-    du = d * u[:, :, start:stop].permute(2, 0, 1).unsqueeze(2)
-    torch.mul(du, B[:, :, start:stop].permute(2, 0, 1).unsqueeze(-1), out=drive)
+    du = d * u[..., start:stop].permute(3, 0, 1, 2).unsqueeze(3)
+    torch.mul(du, B[..., start:stop].permute(3, 0, 1, 2).unsqueeze(-1), out=drive)
     return d, du
 
 
@@ -150,31 +192,45 @@ def _run_recurrence(decay, drive, h0):
     return drive
 
 
+def _time_major(x):
+    """``[b, G, K, t] -> [t, b, G, K]`` (a view)."""
+    return x.permute(3, 0, 1, 2)
+
+
+def _group_major(A, groups):
+    """``A [E, N] -> [G, N, E/G]`` (a view): channel ``g * E/G + i`` at ``[g, :, i]``."""
+    return A.view(groups, A.shape[0] // groups, A.shape[1]).transpose(1, 2)
+
+
 class _ChunkedScan(torch.autograd.Function):
     """``y_t = C_t . h_t`` for the recurrence above, with recompute-in-backward (see module docstring).
 
-    Internally states are ``[b, N, E]`` per step and chunks are ``[t, b, N, E]``.
+    Takes ``u, delta [b, E, L]``, ``A [E, N]`` and grouped ``B, C [b, G, N, L]``. Internally states are
+    ``[b, G, N, H]`` per step (``H = E / G``) and chunks are ``[t, b, G, N, H]``.
     """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, save_states):
         batch, channels, length = u.shape
-        n = A.shape[1]
+        groups, n = B.shape[1], A.shape[1]
+        per_group = channels // groups
+        u4, delta4 = u.view(batch, groups, per_group, length), delta.view(batch, groups, per_group, length)
         T = _chunk_len(batch, channels, n, length)
-        a2 = (A * _LOG2E).t().contiguous()
+        a2 = _group_major(A * _LOG2E, groups).contiguous()
         y = u.new_empty(batch, channels, length)
-        h = u.new_zeros(batch, n, channels)
-        decay_buf, drive_buf = u.new_empty(2, T, batch, n, channels)       # reused by every chunk
+        y4 = y.view(batch, groups, per_group, length)
+        h = u.new_zeros(batch, groups, n, per_group)
+        decay_buf, drive_buf = u.new_empty(2, T, batch, groups, n, per_group)       # reused by every chunk
         starts = []
         for s in range(0, length, T):
             e = min(s + T, length)
             if save_states:
                 starts.append(h.clone())
             decay, states = decay_buf[: e - s], drive_buf[: e - s]
-            _chunk_terms(u, delta, a2, B, s, e, decay, states)
+            _chunk_terms(u4, delta4, a2, B, s, e, decay, states)
             _run_recurrence(decay, states, h)
-            c = C[:, :, s:e].permute(2, 0, 1).unsqueeze(2)                       # [t, b, 1, N]
-            y[:, :, s:e] = torch.matmul(c, states).squeeze(2).permute(1, 2, 0)
+            c = _time_major(C[..., s:e]).unsqueeze(3)                                  # [t, b, G, 1, N]
+            y4[..., s:e] = torch.matmul(c, states).squeeze(3).permute(1, 2, 3, 0)
             h.copy_(states[-1])
         if save_states:
             ctx.save_for_backward(u, delta, A, B, C, torch.stack(starts))
@@ -184,11 +240,16 @@ class _ChunkedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         u, delta, A, B, C, starts = ctx.saved_tensors
-        T, length = ctx.T, u.shape[-1]
-        a2, a_t = (A * _LOG2E).t().contiguous(), A.t()
+        T, (batch, channels, length) = ctx.T, u.shape
+        groups = B.shape[1]
+        per_group = channels // groups
+        u4, delta4 = u.view(batch, groups, per_group, length), delta.view(batch, groups, per_group, length)
+        gy4 = gy.contiguous().view(batch, groups, per_group, length)
+        a2, a_t = _group_major(A * _LOG2E, groups).contiguous(), _group_major(A, groups)
         gu, gdelta = torch.empty_like(u), torch.empty_like(delta)
+        gu4, gdelta4 = gu.view_as(u4), gdelta.view_as(delta4)
         gB, gC = torch.empty_like(B), torch.empty_like(C)
-        gA_t = torch.zeros_like(a_t)
+        gA_t = torch.zeros_like(a_t)                                              # [G, N, H]
         carry = torch.zeros_like(starts[0])      # decay[k+1] * grad_h[k+1] flowing in from the next chunk
         bufs = u.new_empty(4, T, *starts[0].shape)                        # reused by every chunk
         for idx in reversed(range(len(starts))):
@@ -196,12 +257,12 @@ class _ChunkedScan(torch.autograd.Function):
             e = min(s + T, length)
             h0 = starts[idx]
             decay, states, gh, g_exp = (buf[: e - s] for buf in bufs)
-            d, du = _chunk_terms(u, delta, a2, B, s, e, decay, states)
+            d, du = _chunk_terms(u4, delta4, a2, B, s, e, decay, states)
             _run_recurrence(decay, states, h0)
-            g = gy[:, :, s:e].permute(2, 0, 1).unsqueeze(-1)                      # [t, b, E, 1]
-            gC[:, :, s:e] = torch.matmul(states, g).squeeze(-1).permute(1, 2, 0)
+            g = _time_major(gy4[..., s:e]).unsqueeze(-1)                              # [t, b, G, H, 1]
+            gC[..., s:e] = torch.matmul(states, g).squeeze(-1).permute(1, 2, 3, 0)
             # adjoint recurrence, backwards in time: gh[k] = C[k] gy[k] + decay[k+1] gh[k+1]
-            torch.mul(C[:, :, s:e].permute(2, 0, 1).unsqueeze(-1), g.transpose(-1, -2), out=gh)  # [t, b, N, E]
+            torch.mul(_time_major(C[..., s:e]).unsqueeze(-1), g.transpose(-1, -2), out=gh)  # [t, b, G, N, H]
             gh[-1].add_(carry)
             for k in range(gh.shape[0] - 2, -1, -1):
                 gh[k].addcmul_(decay[k + 1], gh[k + 1])
@@ -211,16 +272,16 @@ class _ChunkedScan(torch.autograd.Function):
             torch.mul(gh[1:], states[:-1], out=g_exp[1:])
             g_exp.mul_(decay)
             # through the drive delta * B * u
-            gh_b = torch.matmul(B[:, :, s:e].permute(2, 0, 1).unsqueeze(2), gh).squeeze(2)  # sum_n gh * B
-            d, du = d.squeeze(2), du.squeeze(2)
-            gB[:, :, s:e] = torch.matmul(gh, du.unsqueeze(-1)).squeeze(-1).permute(1, 2, 0)
+            gh_b = torch.matmul(_time_major(B[..., s:e]).unsqueeze(3), gh).squeeze(3)  # sum_n gh * B: [t, b, G, H]
+            d, du = d.squeeze(3), du.squeeze(3)
+            gB[..., s:e] = torch.matmul(gh, du.unsqueeze(-1)).squeeze(-1).permute(1, 2, 3, 0)
             scratch = states                                                       # states are no longer needed
-            gA_t += torch.mul(g_exp, d.unsqueeze(2), out=scratch).sum((0, 1))
-            g_delta = torch.mul(g_exp, a_t, out=scratch).sum(2)                    # [t, b, E]
-            ut = u[:, :, s:e].permute(2, 0, 1)
-            gdelta[:, :, s:e] = g_delta.add_(gh_b * ut).permute(1, 2, 0)
-            gu[:, :, s:e] = (gh_b * d).permute(1, 2, 0)
-        return gu, gdelta, gA_t.t(), gB, gC, None
+            gA_t += torch.mul(g_exp, d.unsqueeze(3), out=scratch).sum((0, 1))
+            g_delta = torch.mul(g_exp, a_t, out=scratch).sum(3)                    # [t, b, G, H]
+            ut = _time_major(u4[..., s:e])
+            gdelta4[..., s:e] = g_delta.add_(gh_b * ut).permute(1, 2, 3, 0)
+            gu4[..., s:e] = (gh_b * d).permute(1, 2, 3, 0)
+        return gu, gdelta, gA_t.transpose(1, 2).reshape(channels, -1), gB, gC, None
 
 
 def _call_scan_kernel(kernel, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
@@ -271,4 +332,4 @@ def chunk_memory_bytes(batch: int, channels: int, state: int, length: int, dtype
 
 
 __all__ = ["selective_scan", "selective_scan_reference", "causal_conv1d", "cuda_kernels", "BACKENDS",
-           "chunk_memory_bytes"]
+           "chunk_memory_bytes", "check_scan_shapes"]
