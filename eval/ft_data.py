@@ -25,8 +25,8 @@ from eval.prepare.custom import hash_unit
 
 log = logging.getLogger(__name__)
 _HDF5_FILES: dict = {}
-__all__ = ["load_manifest", "manifest_classes", "check_entries", "make_splits", "carve_validation", "balanced_weights",
-           "read_hdf5_segment", "FinetuneDataset"]
+__all__ = ["load_manifest", "manifest_classes", "check_entries", "make_splits", "carve_validation",
+           "balanced_weights", "read_hdf5_segment", "FinetuneDataset"]
 
 
 def load_manifest(manifest, classes_path=None) -> tuple[list[dict], list[str]]:

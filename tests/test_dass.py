@@ -95,6 +95,18 @@ def test_read_outs_per_block_one_pass_widths_and_norms():
         model.forward_features(x[..., :64])
 
 
+@pytest.mark.parametrize("name,family,layers,width,multiple,grid", [
+    ("dass_tiny", "dass", 5, 192, 32, (4, 3)), ("tiny", "aum", 2, 192, 16, (8, 5))])
+def test_both_families_describe_themselves_alike(name, family, layers, width, multiple, grid):
+    torch.manual_seed(0)
+    model = aum.create_model(name, **({"depth": 2} if family == "aum" else {})).double().eval()
+    assert (model.family, model.num_layers, model.layer_dim(), model.frame_multiple()) == (family, layers, width,
+                                                                                              multiple)
+    with torch.no_grad():
+        out = model.forward_features(fbank(80, batch=1), layer=model.num_layers)
+    assert model.token_grid(80) == out.grid == grid and out.tokens.shape[-1] == model.layer_dim(model.num_layers)
+
+
 def test_drop_path_is_identity_at_eval_and_active_in_training():
     torch.manual_seed(0)
     model = aum.create_model("dass_tiny", drop_path_rate=0.5).double()

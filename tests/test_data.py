@@ -3,7 +3,12 @@
 import csv
 import json
 import math
+import os
 import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,6 +252,28 @@ def test_many_bad_files_stop_after_max_bad_loads_and_one_good_file_keeps_the_dat
     ds = AudioClipDataset([*_bad_files(tmp_path / "bad"), good], crop_frames=16)
     items = [ds[(epoch, i)] for epoch in range(3) for i in range(5)]    # 12 failed loads, 3 good ones
     assert [it is None for it in items] == [True] * 4 + [False] + [True] * 4 + [False] + [True] * 4 + [False]
+
+
+def test_training_on_only_bad_files_with_loader_workers_stops_with_the_report_and_exits(tmp_path):
+    """The error is raised in a DataLoader worker; the process must still end (its workers ignore SIGTERM)."""
+    _bad_files(tmp_path / "bad")
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        from aum.data import AudioClipDataset, UnusableDataError, collate_skip_bad
+        from aum.engine import EngineConfig, Trainer
+        ds = AudioClipDataset({str(tmp_path / "bad")!r}, crop_frames=16, bad_files_path={str(tmp_path / "log.jsonl")!r})
+        cfg = EngineConfig(out_dir={str(tmp_path / "run")!r}, max_steps=3, batch_size=2, num_workers=2, device="cpu")
+        try:
+            Trainer(torch.nn.Linear(128, 1), ds, cfg, lambda m, b: (m(b["fbank"]).mean(), {{}}),
+                    collate_fn=collate_skip_bad, dataset_epoch_keys=True).fit()
+        except UnusableDataError as e:
+            print("UNUSABLE", e)
+    """))
+    env = {**os.environ, "PYTHONPATH": os.environ.get("B_ROOT", str(Path(__file__).resolve().parents[1]))}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "UNUSABLE" in proc.stdout and "all failed to load" in proc.stdout and "nan.wav [non_finite]" in proc.stdout
 
 
 # --- synthetic default data -----------------------------------------------------------------------------

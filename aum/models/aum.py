@@ -175,6 +175,26 @@ class AuM(nn.Module):
         """Whether the encoder carries a class token."""
         return self.config.cls_position != "none"
 
+    # the self-description DASS shares (aum.models.dass), for callers that handle both families
+    family = "aum"
+
+    @property
+    def num_layers(self) -> int:
+        """Read-out points of ``forward_features(layer=...)``: the blocks, ``depth``."""
+        return self.config.depth
+
+    def layer_dim(self, layer: int | None = None) -> int:
+        """Token width at read-out ``layer`` (the same at every layer)."""
+        return self.embed_dim
+
+    def frame_multiple(self, layer: int | None = None) -> int:
+        """Input frames per token along time (the patch stride)."""
+        return int(self.config.patch_stride[1])
+
+    def token_grid(self, frames: int, mel: int | None = None, layer: int | None = None) -> tuple[int, int]:
+        """Token grid ``(frequency, time)`` of a ``[frames, mel]`` input (the same at every layer)."""
+        return self.config.grid(frames, mel)
+
     def cls_index(self, n_patches: int) -> int:
         """Where the class token sits in a sequence of ``n_patches`` patch tokens."""
         return {"head": 0, "middle": n_patches // 2, "tail": n_patches}[self.config.cls_position]

@@ -179,9 +179,9 @@ class SS2D(nn.Module):
         b, c, h, w = x.shape
         x = F.silu(self.conv2d(self.in_proj(x)))
         xs, dts, bs, cs = self.scan_inputs(x)
-        y = selective_scan(xs.reshape(b, -1, h * w), dts.reshape(b, -1, h * w), -torch.exp(self.A_logs.float()),
-                           bs, cs, D=self.Ds.float(), delta_bias=self.dt_projs_bias.reshape(-1).float(),
-                           delta_softplus=True, backend=self.scan_backend)
+        y = selective_scan(xs.reshape(b, -1, h * w), dts.reshape(b, -1, h * w), -torch.exp(self.A_logs), bs, cs,
+                           D=self.Ds, delta_bias=self.dt_projs_bias.reshape(-1), delta_softplus=True,
+                           backend=self.scan_backend)       # computes in float32 (float64 for float64 input)
         y = cross_merge(y.view(b, K_DIRECTIONS, c, h * w), h, w)
         return self.out_proj(self.out_norm(y).to(x.dtype))
 
