@@ -268,14 +268,15 @@ def interpolate_columns(emb: torch.Tensor, times_ms: torch.Tensor, new_times_ms:
     return emb[..., lo, :] * (1 - w) + emb[..., hi, :] * w
 
 
-def check_audio_batch(wave, name: str = "audio") -> tuple[torch.Tensor, bool]:
+def check_audio_batch(wave, name: str = "audio", allow_empty: bool = False) -> tuple[torch.Tensor, bool]:
     """Check waveforms ``[n_samples]`` or ``[n_sounds, n_samples]`` and return ``(batch [n_sounds, n_samples],
     was_1d)``, the samples unchanged (no scaling, no cast, no padding).
 
     Raises ``ValueError`` naming ``name`` when the audio is not 1-D or 2-D; has an integer, boolean or complex
-    dtype (int16 PCM must be scaled to [-1, 1] first: it is never rescaled here); has zero samples per sound;
-    has shape ``(n, 1)`` with ``n > 1`` (one sample per sound: almost always a ``[n_samples, 1]`` column that
-    should be transposed); or holds NaN/Inf, counted over the sound's own samples. An empty batch
+    dtype (int16 PCM must be scaled to [-1, 1] first: it is never rescaled here); has zero samples per sound
+    (unless ``allow_empty``: the embedding functions of this module accept them as all-padding clips, the HEAR
+    API does not); has shape ``(n, 1)`` with ``n > 1`` (one sample per sound: almost always a ``[n_samples, 1]``
+    column that should be transposed); or holds NaN/Inf, counted over the sound's own samples. An empty batch
     ``(0, n_samples)`` is allowed.
     """
     w = torch.as_tensor(wave)
@@ -291,7 +292,7 @@ def check_audio_batch(wave, name: str = "audio") -> tuple[torch.Tensor, bool]:
     n_sounds, n_samples = w.shape
     if n_sounds == 0:
         return w, single
-    if n_samples == 0:
+    if n_samples == 0 and not allow_empty:
         raise ValueError(f"{name}: zero-length audio (shape {tuple(w.shape)}): every sound needs samples")
     if n_samples == 1 and n_sounds > 1:
         raise ValueError(f"{name}: audio of shape {tuple(w.shape)} is {n_sounds} sounds of 1 sample each; a "
@@ -347,7 +348,7 @@ def embed_waveform(model, wave, sample_rate: int = KALDI_SAMPLE_RATE, preset=Non
     ``embeddings`` float32 ``[n_sounds, n, D']`` (``[n, D']`` for 1-D input) and ``timestamps_ms`` float64
     ``[n]``.
     """
-    waves, single = check_audio_batch(wave)
+    waves, single = check_audio_batch(wave, allow_empty=True)
     if sample_rate != KALDI_SAMPLE_RATE:
         from aum.audio import resample
         waves = resample(waves.to(torch.float32), sample_rate, KALDI_SAMPLE_RATE)
@@ -425,7 +426,7 @@ def scene_embedding(model, wave, sample_rate: int = KALDI_SAMPLE_RATE, preset=No
     ``preset`` as in :func:`embed_waveform` (default: the model's own).
     """
     parts_wanted = parse_pooling(pooling)
-    waves, single = check_audio_batch(wave)
+    waves, single = check_audio_batch(wave, allow_empty=True)
     if sample_rate != KALDI_SAMPLE_RATE:
         from aum.audio import resample
         waves = resample(waves.to(torch.float32), sample_rate, KALDI_SAMPLE_RATE)

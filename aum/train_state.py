@@ -26,8 +26,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CKPT_FORMAT", "DiskFullError", "atomic_write", "step_checkpoint_path", "write_train_state", "latest_checkpoint",
-           "load_checkpoint", "read_train_state", "changed_settings", "rescale_offset", "truncate_metrics"]
+__all__ = ["CKPT_FORMAT", "DiskFullError", "atomic_write", "step_checkpoint_path", "write_train_state",
+           "latest_checkpoint", "load_checkpoint", "read_train_state", "changed_settings", "rescale_offset",
+           "truncate_metrics"]
 
 CKPT_FORMAT = "aum-engine/1"
 

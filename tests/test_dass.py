@@ -41,7 +41,7 @@ def test_presets_are_listed_per_family_and_drop_path_rises_linearly():
         list_models("vit")
     with torch.device("meta"):
         small = aum.create_model("dass_small")
-    rates = [b.drop_path for stage in small.layers for b in stage.blocks]
+    rates = [b.drop_prob for stage in small.layers for b in stage.blocks]
     assert rates == pytest.approx([0.2 * j / 13 for j in range(14)])
     assert [b.op.dt_rank for b in (s.blocks[0] for s in small.layers)] == [6, 12, 24, 48]
     with pytest.raises(KeyError, match="unknown DASS config key"):
@@ -312,7 +312,8 @@ def test_the_full_official_small_key_list_converts_to_our_names():
 def tiny_original(classes=5):
     model = tiny(num_classes=classes)
     g = torch.Generator().manual_seed(3)
-    sd = {"module.v." + k: torch.randn(v.shape, generator=g, dtype=v.dtype) * 0.1 for k, v in model.state_dict().items()}
+    sd = {"module.v." + k: torch.randn(v.shape, generator=g, dtype=v.dtype) * 0.1
+          for k, v in model.state_dict().items()}
     assert set(sd) == set(official_shapes((24, 48, 96, 192), (1, 1, 2, 1), classes))
     return model, sd
 
@@ -344,7 +345,7 @@ def test_hf_conversion_accepts_its_config_json():
               "patch_size": 4, "embed_dim": 96, "max_length": 1024, "num_mel_bins": 128, "drop_path_rate": 0.2}
     assert set(dass_state_dict_from_hf(hf, hf_cfg)) == {k[len("module.v."):] for k in original}
     headless = {k: v for k, v in hf.items() if not k.startswith("head.")}
-    with pytest.raises(CheckpointMismatchError, match=r"missing keys: classifier\.head\.bias, classifier\.head\.weight"):
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys: classifier\.head\.bias, classifier\.head\.w"):
         dass_state_dict_from_hf(headless, hf_cfg)
     with pytest.raises(CheckpointMismatchError, match=r"outside the DASS layout: dass\.embeddings\.extra"):
         dass_state_dict_from_hf({**hf, "dass.embeddings.extra": torch.zeros(1)})

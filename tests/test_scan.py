@@ -304,7 +304,7 @@ def test_cuda_dispatch_hands_grouped_b_c_to_the_kernel_unchanged(monkeypatch):
         return _naive_grouped_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus).to(u.dtype)
 
     monkeypatch.setattr(scan_mod, "cuda_kernels", lambda: (selective_scan_fn, None))
-    monkeypatch.setattr(scan_mod, "_resolve", lambda backend, tensor, kernel: "cuda")
+    monkeypatch.setattr(scan_mod, "_resolve", lambda backend, tensor, kernel, fused=False: "cuda")
     x = _grouped_inputs(2, 8, 4, 3, 6, torch.float32, seed=4)
     out = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True,
                          backend="cuda")

@@ -56,6 +56,9 @@ class DASSConfig:
             raise ValueError(f"dims {self.dims} and depths {self.depths} must be non-empty and of equal length")
         if min(self.dims) < 1 or min(self.depths) < 1 or self.d_state < 1:
             raise ValueError(f"dims, depths and d_state must be >= 1; got {self.dims}, {self.depths}, {self.d_state}")
+        if self.dims[0] < 2:
+            raise ValueError(f"dims[0] must be >= 2 (the stem's first conv has dims[0] // 2 channels), "
+                             f"got {self.dims[0]}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
 
@@ -204,7 +207,7 @@ class VSSBlock(nn.Module):
 
     def __init__(self, dim: int, config: DASSConfig, drop_path: float, dt_rank: int):
         super().__init__()
-        self.drop_path = drop_path
+        self.drop_prob = drop_path
         self.norm = LayerNorm2d(dim, eps=config.norm_eps)
         self.op = SS2D(dim, d_state=config.d_state, dt_rank=dt_rank, d_conv=config.d_conv,
                        norm_eps=config.norm_eps, scan_backend=config.scan_backend)
@@ -213,8 +216,8 @@ class VSSBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W] -> [B, C, H, W]``."""
-        x = x + drop_path(self.op(self.norm(x)), self.drop_path, self.training)
-        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+        x = x + drop_path(self.op(self.norm(x)), self.drop_prob, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_prob, self.training)
 
 
 class Stage(nn.Module):
@@ -326,7 +329,7 @@ class DASS(nn.Module):
                 if n == last:
                     return [read[k] for k in layers]
             x = stage.downsample(x)
-        raise AssertionError("unreachable: every layer index is checked above")
+        return [read[k] for k in layers]
 
     def _read_out(self, x: torch.Tensor, last_stage: bool) -> AuMOutput:
         if last_stage:

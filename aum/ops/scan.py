@@ -7,10 +7,12 @@ Shapes follow mamba-ssm's ``selective_scan_fn``: ``u, delta, z: [batch, E, L]``,
 ``B, C: [batch, N, L]`` (input-dependent, shared by all channels) or grouped ``[batch, G, N, L]`` (channel ``c``
 uses group ``c // (E / G)``; ``E`` divisible by ``G``), ``D, delta_bias: [E]``.
 
-Three implementations of the same maths:
+Four implementations of the same maths:
 
 * ``reference`` - a plain loop over time with autograd; slow and obvious, the yardstick for the tests.
-* ``torch`` - pure PyTorch, the default off-GPU. It walks the sequence in chunks of ``T`` steps, with one
+* ``fused`` - a C kernel (``scan_fused.c``, compiled on first use and cached; ``scan_fused.py``), forward and
+  backward, the default off-GPU wherever a C compiler is found; several times faster than ``torch``.
+* ``torch`` - pure PyTorch, the fallback off-GPU and the fused kernel's yardstick. It walks the sequence in chunks of ``T`` steps, with one
   fused in-place ``addcmul`` per time step on a ``[batch, E, N]`` state; the per-chunk work (discretisation,
   the read-out with ``C``) is vectorised. A custom autograd function keeps memory linear in ``L`` without
   the state dimension: forward stores only its inputs and the state at each chunk start
@@ -27,7 +29,9 @@ import os
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "torch", "reference", "cuda")
+from aum.ops import scan_fused
+
+BACKENDS = ("auto", "torch", "reference", "cuda", "fused")
 # Target number of state elements (chunk_len * batch * E * N) materialised at once by the torch scan.
 CHUNK_ELEMENTS = 1 << 21
 _LOG2E = 1.4426950408889634
@@ -51,12 +55,24 @@ def cuda_kernels():
     return selective_scan_fn, causal_conv1d_fn
 
 
-def _resolve(backend: str | None, tensor: torch.Tensor, kernel) -> str:
+def _resolve(backend: str | None, tensor: torch.Tensor, kernel, fused: bool = False) -> str:
+    """The backend to run: ``backend``, else ``$AUM_SCAN_BACKEND``, else ``auto`` made concrete. ``fused``:
+    whether the op has a fused CPU kernel (the scan does; the conv runs its PyTorch code for ``fused``)."""
     backend = backend or os.environ.get("AUM_SCAN_BACKEND", "auto")
     if backend not in BACKENDS:
         raise ValueError(f"unknown scan backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
-        return "cuda" if tensor.is_cuda and kernel is not None else "torch"
+        if tensor.is_cuda and kernel is not None:
+            return "cuda"
+        if fused and tensor.device.type == "cpu" and scan_fused.library() is not None:
+            return "fused"
+        return "torch"
+    if backend == "fused" and fused:
+        if tensor.device.type != "cpu":
+            raise RuntimeError("scan backend 'fused' needs CPU tensors; got " + str(tensor.device))
+        if scan_fused.library() is None:
+            raise RuntimeError("scan backend 'fused' requested but its C kernel could not be built (see the "
+                               "warning above); install a C compiler or set AUM_CC, or use backend='torch'")
     if backend == "cuda":
         if kernel is None:
             raise RuntimeError(
@@ -103,12 +119,13 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """Run the selective scan; returns ``[batch, E, L]`` in ``u``'s dtype.
 
     ``B`` and ``C`` are ``[batch, N, L]`` or grouped ``[batch, G, N, L]`` (see the module docstring).
-    ``backend`` is one of ``auto`` (CUDA kernel for CUDA tensors when mamba-ssm imports, else ``torch``),
-    ``torch``, ``reference`` or ``cuda``; ``None`` reads the ``AUM_SCAN_BACKEND`` environment variable.
+    ``backend`` is one of ``auto`` (CUDA kernel for CUDA tensors when mamba-ssm imports; on the CPU the
+    ``fused`` C kernel where it builds, else ``torch``), ``torch``, ``fused``, ``reference`` or ``cuda``;
+    ``None`` reads the ``AUM_SCAN_BACKEND`` environment variable.
     """
     check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
     kernel = cuda_kernels()[0]
-    backend = _resolve(backend, u, kernel)
+    backend = _resolve(backend, u, kernel, fused=True)
     if backend == "cuda":
         return _call_scan_kernel(kernel, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if backend == "reference":
@@ -124,7 +141,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if delta_softplus:
         delta = F.softplus(delta)
     save_states = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
-    y = _ChunkedScan.apply(u, delta, A, B, C, save_states)
+    scan = scan_fused.FusedScan if backend == "fused" else _ChunkedScan
+    y = scan.apply(u, delta, A, B, C, save_states)
     if D is not None:
         y = y + D.to(compute)[:, None] * u
     if z is not None:
