@@ -1,11 +1,14 @@
 """Encoder speed and memory on this machine (a benchmark script, not a test).
 
-For each preset: forward time and peak memory at ``--frames`` frames and ``--batch`` clips, without
-gradients; the same forward with the selective scan replaced by an identity (``y = u``), and their ratio
-(the scan should not dominate: target <= 2.0 for ``small``); and the training step (forward + backward)
-with the peak memory it takes. Each measurement runs in a fresh subprocess so that peak RSS is its own.
+For each preset and each CPU scan backend (``fused``: the C kernel, ``torch``: pure PyTorch): forward time
+and peak memory at ``--frames`` frames and ``--batch`` clips, without gradients, and the training step
+(forward + backward) with its peak memory; and the same two with the selective scan replaced by an identity
+(``y = u``). Ratios are to the identity-scan forward (``fwd/id``; targets with the fused scan: <= 1.6 for
+``tiny``, <= 1.25 for ``small``) and to the identity-scan training step (``train/id``; target <= 1.5 for
+``small``). Each measurement runs in a fresh subprocess so that peak RSS is its own; all in one run.
 
-    python benchmarks/encoder_speed.py [--presets tiny small] [--frames 1024] [--batch 4] [--json out.json]
+    python benchmarks/encoder_speed.py [--presets tiny small] [--backends fused torch] [--frames 1024]
+                                       [--batch 4] [--json out.json]
 """
 from __future__ import annotations
 
@@ -20,17 +23,17 @@ WORKER = textwrap.dedent("""
     import torch
     import aum.modules.mixer as mixer
     from aum.models import create_model
-    preset, mixer_dir, frames, batch, mode, repeats, threads = sys.argv[1:8]
+    preset, mixer_dir, frames, batch, mode, repeats, threads, backend = sys.argv[1:9]
     frames, batch, repeats = int(frames), int(batch), int(repeats)
     if int(threads) > 0:
         torch.set_num_threads(int(threads))
     torch.manual_seed(0)
-    model = create_model(preset, mixer=mixer_dir)
+    model = create_model(preset, mixer=mixer_dir, scan_backend=backend)
     x = torch.randn(batch, frames, 128)
-    if mode == "identity":
+    if mode.startswith("identity"):
         mixer.selective_scan = lambda u, *args, **kwargs: u
     def step():
-        if mode == "train":
+        if mode.endswith("train"):
             model.train()
             model.zero_grad(set_to_none=True)
             model(x).square().mean().backward()
@@ -49,43 +52,63 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def measure(preset, mixer_dir, frames, batch, mode, repeats, threads):
-    """Run one configuration in a fresh interpreter and return its JSON record."""
+def measure(preset, mixer_dir, frames, batch, mode, repeats, threads, backend="torch"):
+    """Run one configuration in a fresh interpreter and return its JSON record (``mode``: ``full``,
+    ``train``, ``identity`` or ``identity-train``)."""
     out = subprocess.run([sys.executable, "-c", WORKER, preset, mixer_dir, str(frames), str(batch), mode,
-                          str(repeats), str(threads)], capture_output=True, text=True)
+                          str(repeats), str(threads), backend], capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"{preset}/{mode} failed:\n{out.stderr}")
+        raise RuntimeError(f"{preset}/{backend}/{mode} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None):
-    """Print the forward / identity-scan / training figures for each preset and optionally save JSON."""
+    """Print the forward / training figures per preset and backend, with the identity-scan ratios."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["tiny", "small"])
     p.add_argument("--mixer", default=None, help="mixer for every preset (default: v1 tiny, v2 small)")
+    p.add_argument("--backends", nargs="+", default=["fused", "torch"], choices=["fused", "torch"])
     p.add_argument("--frames", type=int, default=1024)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--no-train", action="store_true", help="skip the forward+backward measurement")
+    p.add_argument("--no-train", action="store_true", help="skip the forward+backward measurements")
     p.add_argument("--json", help="write all records to this file")
     args = p.parse_args(argv)
+    if "fused" in args.backends:
+        from aum.ops import scan_fused
+        if scan_fused.library() is None:           # its warning says why
+            args.backends = [b for b in args.backends if b != "fused"] or ["torch"]
     default_mixer = {"tiny": "v1", "small": "v2", "base": "v1"}
+    nan = float("nan")
     records = []
-    print(f"batch {args.batch} x {args.frames} frames; median of {args.repeats}; times in s, memory = peak RSS")
-    print(f"{'preset':7} {'mixer':5} {'forward':>8} {'identity':>8} {'ratio':>6} {'fwd MiB':>8} "
-          f"{'train':>8} {'train MiB':>9}")
+    print(f"batch {args.batch} x {args.frames} frames; median of {args.repeats}; times in s, memory = peak RSS; "
+          "ratios to the identity-scan forward (fwd/id) and training step (train/id)")
+    print(f"{'preset':7} {'mixer':5} {'scan':8} {'forward':>8} {'fwd/id':>6} {'fwd MiB':>8} "
+          f"{'train':>8} {'train/id':>8} {'train MiB':>9}")
     for preset in args.presets:
         mixer_dir = args.mixer or default_mixer.get(preset, "v1")
-        run = {mode: measure(preset, mixer_dir, args.frames, args.batch, mode, args.repeats, args.threads)
-               for mode in (["full", "identity"] + ([] if args.no_train else ["train"]))}
-        ratio = run["full"]["seconds"] / run["identity"]["seconds"]
-        train = run.get("train", {})
-        print(f"{preset:7} {mixer_dir:5} {run['full']['seconds']:8.3f} {run['identity']['seconds']:8.3f} "
-              f"{ratio:6.2f} {run['full']['peak_rss_mib']:8.0f} {train.get('seconds', float('nan')):8.3f} "
-              f"{train.get('peak_rss_mib', float('nan')):9.0f}")
-        records.append({"preset": preset, "mixer": mixer_dir, "frames": args.frames, "batch": args.batch,
-                        "scan_over_identity": ratio, **{k: v for k, v in run.items()}})
+        modes = ["full"] + ([] if args.no_train else ["train"])
+
+        def run(backend):
+            return {mode: measure(preset, mixer_dir, args.frames, args.batch, mode, args.repeats, args.threads,
+                                  backend) for mode in modes}
+
+        identity = {"full": measure(preset, mixer_dir, args.frames, args.batch, "identity", args.repeats,
+                                    args.threads)}
+        if not args.no_train:
+            identity["train"] = measure(preset, mixer_dir, args.frames, args.batch, "identity-train",
+                                        args.repeats, args.threads)
+        for backend, result in [("identity", identity)] + [(b, run(b)) for b in args.backends]:
+            fwd, train = result["full"], result.get("train", {})
+            fwd_ratio = fwd["seconds"] / identity["full"]["seconds"]
+            train_ratio = train["seconds"] / identity["train"]["seconds"] if train else nan
+            print(f"{preset:7} {mixer_dir:5} {backend:8} {fwd['seconds']:8.3f} {fwd_ratio:6.2f} "
+                  f"{fwd['peak_rss_mib']:8.0f} {train.get('seconds', nan):8.3f} {train_ratio:8.2f} "
+                  f"{train.get('peak_rss_mib', nan):9.0f}")
+            records.append({"preset": preset, "mixer": mixer_dir, "scan": backend, "frames": args.frames,
+                            "batch": args.batch, "forward_over_identity": fwd_ratio,
+                            "train_over_identity_train": train_ratio, **result})
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(records, fh, indent=2)

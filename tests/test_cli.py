@@ -94,7 +94,8 @@ def test_every_console_script_is_tested_here():
 def test_help_exits_0(name):
     res = _script(name, "--help")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "usage" in res.stdout.lower() or "python -m" in res.stdout
+    out = res.stdout.lower()
+    assert "usage" in out or "python -m" in out or f"{name} " in out, res.stdout[:500]    # help text, not an error
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,24 @@ import pytest
 import torch
 
 import aum.ops.scan as scan_mod
+import aum.ops.scan_fused as fused_mod
 from aum.ops import causal_conv1d, selective_scan, selective_scan_reference
+
+# The two production CPU backends; the fused one skips (with its reason) where its C kernel cannot be built.
+CPU_BACKENDS = ["torch", "fused"]
+
+
+def _need(backend):
+    if backend == "fused" and fused_mod.library() is None:
+        pytest.skip("fused scan kernel unavailable here (no working C compiler); the torch backend is tested")
+
+
+def _set_chunk(monkeypatch, backend, elements, batch, channels, state):
+    """Chunks of ``elements // (batch * channels * state)`` steps for the torch backend, the same (at most
+    the default) for the fused one: chunk edges inside short sequences."""
+    monkeypatch.setattr(scan_mod, "CHUNK_ELEMENTS", elements)
+    steps = max(1, elements // (batch * channels * state))
+    monkeypatch.setattr(fused_mod, "CHUNK", min(steps, fused_mod.CHUNK))
 
 
 def _inputs(batch, channels, state, length, dtype, seed):
@@ -58,19 +75,21 @@ CASES = [
 OPTIONALS = [("D", "z", "delta_bias"), (), ("z",), ("D",), ("delta_bias",)]
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype,rel", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("optional", OPTIONALS)
-def test_torch_scan_matches_reference(monkeypatch, dtype, rel, case, optional):
+def test_scan_matches_reference(monkeypatch, backend, dtype, rel, case, optional):
+    _need(backend)
     batch, channels, state, length, chunk = case
-    monkeypatch.setattr(scan_mod, "CHUNK_ELEMENTS", chunk)
+    _set_chunk(monkeypatch, backend, chunk, batch, channels, state)
     x = _inputs(batch, channels, state, length, dtype, seed=length * 7 + len(optional))
     names = ["u", "delta", "A", "B", "C", *optional]
     leaves = {k: x[k].clone().requires_grad_() for k in names}
     # the reference runs in float64 on the same values: the ground truth for both precisions
     ref_leaves = {k: x[k].double().requires_grad_() for k in names}
     softplus = "delta_bias" in optional or length % 2 == 1
-    out = selective_scan(**leaves, delta_softplus=softplus, backend="torch")
+    out = selective_scan(**leaves, delta_softplus=softplus, backend=backend)
     ref = selective_scan_reference(**ref_leaves, delta_softplus=softplus)
     assert out.dtype == dtype and out.shape == (batch, channels, length)
     _close(out.double(), ref, rel)
@@ -112,10 +131,12 @@ def test_no_grad_path_saves_nothing_and_grad_path_saves_chunk_states(monkeypatch
     assert out.grad_fn is None
 
 
-def test_no_grad_memory_does_not_grow_with_state_times_length():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_no_grad_memory_does_not_grow_with_state_times_length(backend):
     """Under no_grad, the scan of a sequence whose full hidden states would take 512 MB stays far below."""
+    _need(backend)
     code = textwrap.dedent("""
-        import resource, torch
+        import resource, sys, torch
         from aum.ops import selective_scan
         torch.manual_seed(0)
         b, e, n, L = 1, 512, 16, 16384          # all hidden states: b*e*n*L*4 bytes = 512 MiB
@@ -123,12 +144,12 @@ def test_no_grad_memory_does_not_grow_with_state_times_length():
         B = torch.randn(b, n, L); C = torch.randn(b, n, L)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         with torch.no_grad():
-            y = selective_scan(u, d, A, B, C, backend="torch")
+            y = selective_scan(u, d, A, B, C, backend=sys.argv[1])
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         assert torch.isfinite(y).all()
         print((after - before) / 1024)
     """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    res = subprocess.run([sys.executable, "-c", code, backend], capture_output=True, text=True, check=True)
     growth_mib = float(res.stdout.strip().splitlines()[-1])
     assert growth_mib < 160, f"peak memory grew by {growth_mib:.0f} MiB; all states would be 512 MiB"
 
@@ -142,8 +163,12 @@ def test_unknown_and_unavailable_backends_are_clear_errors():
             selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], backend="cuda")
 
 
-def test_auto_backend_uses_torch_on_cpu():
+def test_auto_backend_on_cpu_is_fused_where_it_builds_else_torch(monkeypatch):
+    monkeypatch.delenv("AUM_SCAN_BACKEND", raising=False)
     x = _inputs(2, 3, 4, 9, torch.float64, seed=5)
+    expected = "torch" if fused_mod.library() is None else "fused"
+    assert scan_mod._resolve(None, x["u"], None, fused=True) == expected
+    assert scan_mod._resolve(None, x["u"], None) == "torch"          # the conv has no fused kernel
     auto = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"])
     ref = selective_scan_reference(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"])
     _close(auto, ref, 1e-10)
@@ -234,19 +259,22 @@ def _naive_grouped_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
 GROUP_LENGTHS = [(1, 1 << 21), (7, 1 << 21), (33, 2 * 8 * 16 * 5)]     # the last: chunks of 5 (N = 16) or more
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype,rel", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("groups", [1, 2, 4])
 @pytest.mark.parametrize("state", [1, 16])
 @pytest.mark.parametrize("length,chunk", GROUP_LENGTHS)
-def test_grouped_torch_scan_matches_reference_and_naive_loop(monkeypatch, dtype, rel, groups, state, length, chunk):
-    monkeypatch.setattr(scan_mod, "CHUNK_ELEMENTS", chunk)
+def test_grouped_scan_matches_reference_and_naive_loop(monkeypatch, backend, dtype, rel, groups, state, length,
+                                                       chunk):
+    _need(backend)
     batch, channels = 2, 8
+    _set_chunk(monkeypatch, backend, chunk, batch, channels, state)
     x = _grouped_inputs(batch, channels, groups, state, length, dtype, seed=groups * 31 + state + length)
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
     leaves = {k: x[k].clone().requires_grad_() for k in names}
     ref_leaves = {k: x[k].double().requires_grad_() for k in names}
     naive_leaves = {k: x[k].double().requires_grad_() for k in names}
-    out = selective_scan(**leaves, delta_softplus=True, backend="torch")
+    out = selective_scan(**leaves, delta_softplus=True, backend=backend)
     ref = selective_scan_reference(**ref_leaves, delta_softplus=True)
     naive = _naive_grouped_scan(**naive_leaves, delta_softplus=True)
     assert out.shape == (batch, channels, length) and out.dtype == dtype
@@ -266,13 +294,14 @@ def test_grouped_torch_scan_matches_reference_and_naive_loop(monkeypatch, dtype,
 def test_one_group_equals_ungrouped_b_c():
     x = _grouped_inputs(2, 6, 1, 4, 9, torch.float64, seed=11)
     args = (x["u"], x["delta"], x["A"])
-    for backend in ("torch", "reference"):
+    for backend in ("torch", "reference", "fused"):
+        _need(backend)
         grouped = selective_scan(*args, x["B"], x["C"], x["D"], x["z"], backend=backend)
         flat = selective_scan(*args, x["B"][:, 0], x["C"][:, 0], x["D"], x["z"], backend=backend)
         torch.testing.assert_close(grouped, flat, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", ["torch", "reference", "fused"])
 def test_bad_scan_shapes_are_clear_errors(backend):
     x = _grouped_inputs(2, 6, 2, 4, 5, torch.float32, seed=0)
     u, delta, A, B, C = x["u"], x["delta"], x["A"], x["B"], x["C"]

@@ -42,7 +42,7 @@ FLAG_ATTEMPTS = (
     ["-O3", "-fopenmp"],
     ["-O3"],
 )
-COMMON_FLAGS = ["-std=c99", "-fPIC", "-shared"]
+COMMON_FLAGS = ["-std=c99", "-ffp-contract=fast", "-fPIC", "-shared"]
 _DTYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
 
 
@@ -143,7 +143,7 @@ def library() -> FusedLibrary | None:
         return None
     first_error = None
     for flags in FLAG_ATTEMPTS:
-        target = cache_root() / build_key(cc_path, version, flags, source) / "scan_fused.so"
+        target = cache_root() / build_key(cc_path, version, flags + COMMON_FLAGS, source) / "scan_fused.so"
         failed = target.with_name("failed.txt")
         if not target.exists():
             if failed.exists():                       # this exact compiler + CPU + flags failed before
