@@ -7,7 +7,7 @@ Quick use::
     feats = aum.waveform_to_features(wave, 16000, preset="audioset")   # [1024, 128]
     out = model.forward_features(feats[None])                           # tokens, grid, cls, pooled, logits
 """
-from aum.features import waveform_to_features
+from aum.audio.features import waveform_to_features
 from aum.models import AuM, AuMConfig, AuMOutput, create_model, list_models
 
 __version__ = "0.1.0"

@@ -119,3 +119,10 @@ def parse_cli(argv) -> tuple[str | None, list[str]]:
     if "" in paths or len(paths) > 1:
         raise ConfigError(f"give exactly one config file (--config FILE.yaml), got {paths}")
     return (paths[0] if paths else None), overrides
+
+
+class UnknownPresetError(KeyError, ValueError):
+    """Unknown preset name (catchable as KeyError or ValueError)."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""

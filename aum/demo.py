@@ -11,9 +11,9 @@ import time
 
 import torch
 
-from aum.audio import load_audio
+from aum.audio.io import load_audio
 from aum.cli import run_cli
-from aum.features import get_preset, waveform_to_features
+from aum.audio.features import get_preset, waveform_to_features
 from aum.models import create_model, list_models
 from aum.ops import cuda_kernels
 
@@ -44,7 +44,7 @@ def _encode(argv: list[str]) -> int:
     if args.file:
         wave, source = load_audio(args.file), args.file
     else:
-        from aum.synth import generate_clip
+        from aum.audio.synth import generate_clip
         wave, events = generate_clip(seed=args.seed, duration=args.seconds)
         wave = torch.from_numpy(wave)
         source = (f"built-in generated clip (seed {args.seed}, {args.seconds:g} s, "

@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 
 from aum.checkpoint import feature_preset_of
-from aum.features import KALDI_SAMPLE_RATE, fbank, get_preset, normalize
+from aum.audio.features import KALDI_SAMPLE_RATE, fbank, get_preset, normalize
 
 __all__ = ["FRAME_SHIFT_MS", "FRAME_LENGTH_MS", "column_times_ms", "fbank_frames", "column_embeddings",
            "shifted_column_embeddings", "interpolate_columns", "embed_waveform", "scene_embedding",
@@ -105,12 +105,12 @@ def fbank_frames(wave: torch.Tensor, sample_rate: int = KALDI_SAMPLE_RATE, chunk
                  name: str = "clip") -> torch.Tensor:
     """Kaldi fbank ``[T, 128]`` of one (long) mono waveform, computed ``chunk_frames`` frames at a time.
 
-    Same frames as :func:`aum.features.fbank` (Kaldi frames are independent and each removes its own DC
+    Same frames as :func:`aum.audio.features.fbank` (Kaldi frames are independent and each removes its own DC
     offset), but peak memory is that of one chunk (about 60 s by default) instead of the whole clip.
     A clip shorter than one 25 ms window is zero-padded to one window (one frame).
     """
     if sample_rate != KALDI_SAMPLE_RATE:
-        from aum.audio import resample
+        from aum.audio.io import resample
         wave = resample(torch.as_tensor(wave), sample_rate, KALDI_SAMPLE_RATE)
     wave = torch.as_tensor(wave)
     if wave.dim() == 2 and wave.shape[0] == 1:
@@ -350,7 +350,7 @@ def embed_waveform(model, wave, sample_rate: int = KALDI_SAMPLE_RATE, preset=Non
     """
     waves, single = check_audio_batch(wave, allow_empty=True)
     if sample_rate != KALDI_SAMPLE_RATE:
-        from aum.audio import resample
+        from aum.audio.io import resample
         waves = resample(waves.to(torch.float32), sample_rate, KALDI_SAMPLE_RATE)
     pt, st = _time_patch(model)
     native_ms = st * FRAME_SHIFT_MS
@@ -428,7 +428,7 @@ def scene_embedding(model, wave, sample_rate: int = KALDI_SAMPLE_RATE, preset=No
     parts_wanted = parse_pooling(pooling)
     waves, single = check_audio_batch(wave, allow_empty=True)
     if sample_rate != KALDI_SAMPLE_RATE:
-        from aum.audio import resample
+        from aum.audio.io import resample
         waves = resample(waves.to(torch.float32), sample_rate, KALDI_SAMPLE_RATE)
     preset = _preset_for(model, preset)
     feats = _features(waves, preset, 0, 0, chunk_frames)

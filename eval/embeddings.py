@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from aum.audio import load_audio
+from aum.audio.io import load_audio
 from aum.checkpoint import content_hash, load_checkpoint
-from aum.data import BadFileLog, collate_skip_bad
-from aum.features import get_preset, waveform_to_features
+from aum.data.datasets import BadFileLog, collate_skip_bad
+from aum.audio.features import get_preset, waveform_to_features
 from aum.models import AuM, create_model
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@
 eval.prepare`` (``classes.txt`` beside it). ``--init``: ``scratch`` (random), ``imagenet`` (Vision Mamba weights),
 ``aum`` (an AuM checkpoint: official, Hugging Face or ours, e.g. AudioSet-trained) or ``ssl`` (our pretraining's
 ``encoder.safetensors``); the architecture comes from the checkpoint unless ``model.*`` says otherwise, and the
-position grid and head are adapted (:func:`aum.convert.load_raw_into`, the body of ``init_from_pretrained``).
+position grid and head are adapted (:func:`aum.checkpoint.adapt.load_raw_into`, the body of ``init_from_pretrained``).
 
 The epoch is chosen on the VALIDATION split (the manifest's, or carved from the training clips; for k-fold
 benchmarks from the training folds) and the TEST split is scored once, with the selected weights. Each run (each
@@ -32,17 +32,20 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from aum.checkpoint import feature_preset_of, infer_config, read_checkpoint, save_checkpoint
+from aum.checkpoint import feature_preset_of, read_checkpoint, save_checkpoint
+from aum.checkpoint.adapt import load_raw_into
+from aum.checkpoint.official_aum import infer_config
 from aum.cli import EXIT_OK, RunStopped, run_cli, save_run_config, stopped_message
 from aum.config import load_config, to_dataclass
-from aum.convert import load_raw_into
-from aum.data import collate_skip_bad, format_bad_file_report
-from aum.distributed import barrier, dist_env
-from aum.engine import EngineConfig, Trainer, latest_checkpoint
-from aum.features import get_preset
+from aum.data.datasets import collate_skip_bad, format_bad_file_report
+from aum.train.distributed import barrier, dist_env
+from aum.train.config import EngineConfig
+from aum.train.engine import Trainer
+from aum.train.state import latest_checkpoint
+from aum.audio.features import get_preset
 from aum.models import AuM, AuMConfig
 from aum.models.registry import PRESETS, check_model_options, model_config, preset_fields
-from aum.selection import load_best
+from aum.train.selection import load_best
 from eval.ft_data import FinetuneDataset, balanced_weights, check_entries, load_manifest, make_splits
 from eval.metrics import score
 from eval.prepare.custom import hash_unit

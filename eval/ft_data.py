@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aum.audio import load_audio, resample, validate_waveform
-from aum.data import AudioClipDataset, _crop_samples, _key, _reason
-from aum.features import epic_logmel, fbank, get_preset, normalize, pad_or_cut
+from aum.audio.io import resample, validate_waveform
+from aum.data.datasets import AudioClipDataset, _crop_samples, _key, _reason
+from aum.audio.features import epic_logmel, fbank, get_preset, normalize, pad_or_cut
 from eval.augment import (epic_spec_augment, mix_targets, mix_waves, mixup_lambda, noise_and_roll, spec_augment,
                           time_warp)
 from eval.prepare.common import CLASSES, PrepareError, read_classes
@@ -31,7 +31,7 @@ __all__ = ["load_manifest", "manifest_classes", "check_entries", "make_splits", 
 
 def load_manifest(manifest, classes_path=None) -> tuple[list[dict], list[str]]:
     """Entries of a prepared manifest and its class list (``classes.txt`` beside it unless given)."""
-    from aum.data import read_manifest
+    from aum.data.datasets import read_manifest
     manifest = Path(manifest)
     classes_path = Path(classes_path) if classes_path else manifest.parent / CLASSES
     if not classes_path.is_file():

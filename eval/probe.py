@@ -39,8 +39,8 @@ import torch
 
 from aum.cli import run_cli
 from aum.checkpoint import feature_preset_of
-from aum.data import read_manifest
-from aum.features import FbankConfig, get_preset
+from aum.data.datasets import read_manifest
+from aum.audio.features import FbankConfig, get_preset
 from aum.models import PRESETS
 from eval.embeddings import DEFAULT_EMBEDDING, EMBEDDINGS, Encoder, get_embeddings
 from eval.ft_data import check_entries, manifest_classes
@@ -59,7 +59,7 @@ class ProbeBenchmark:
     multilabel: bool = False
     metric: str = "accuracy"
     folds: int | None = None          # number of cross-validation folds; None: train / valid / test splits
-    preset: str | FbankConfig = "audioset"   # feature preset (aum.features.NORM_PRESETS) for random encoders
+    preset: str | FbankConfig = "audioset"   # feature preset (aum.audio.features.NORM_PRESETS) for random encoders
     target_frames: int | None = 1024
     num_classes: int | None = None    # size of the benchmark's label set; None: unknown (not checked)
 
@@ -112,7 +112,7 @@ def probe_benchmark(args: argparse.Namespace) -> ProbeBenchmark:
     """The benchmark properties a parsed command line (:func:`build_parser`) probes with, checked without
     reading audio: ``ValueError`` for a metric or feature preset that does not exist (naming the flag and the
     valid values)."""
-    from aum.features import get_preset
+    from aum.audio.features import get_preset
     from eval.registry import METRICS
     info = benchmark_info(args.benchmark, multilabel=args.multilabel, metric=args.metric, preset=args.preset,
                           target_frames=args.frames, folds=args.folds)

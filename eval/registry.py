@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from aum.config import ConfigError, load_config, to_dataclass
-from aum.features import get_preset
+from aum.audio.features import get_preset
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 METRICS = ("accuracy", "mAP")
@@ -185,7 +185,7 @@ def get_benchmark(name: str) -> BenchmarkSpec:
 
 
 def engine_settings(recipe: Recipe, steps_per_epoch: int) -> dict:
-    """:class:`aum.engine.EngineConfig` fields of ``recipe`` for an epoch of ``steps_per_epoch`` optimizer steps.
+    """:class:`aum.train.engine.EngineConfig` fields of ``recipe`` for an epoch of ``steps_per_epoch`` optimizer steps.
 
     Matches the official loop (``MultiStepLR(range(decay_start, 1000, decay_every))`` stepped after each epoch):
     0-based epoch ``e >= decay_start`` runs at ``lr * decay_factor ** (1 + (e - decay_start) // decay_every)``;

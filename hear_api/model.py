@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from aum.checkpoint import feature_preset_of, load_checkpoint
 from aum.embed import check_audio_batch, embed_waveform, parse_pooling, scene_embedding
-from aum.features import FbankConfig, get_preset
+from aum.audio.features import FbankConfig, get_preset
 from aum.models import AuM, create_model
 
 

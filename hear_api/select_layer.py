@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from aum.audio import load_audio
-from aum.data import read_manifest
+from aum.audio.io import load_audio
+from aum.data.datasets import read_manifest
 from aum.embed import scene_embedding
 from hear_api.model import SAMPLE_RATE, build
 

@@ -8,8 +8,8 @@ one ``<split>.json`` per split (scene: ``{"clip.wav": ["label", ...]}``; event: 
 Commands (each writes ``OUT/<task_name>``; ``OUT`` is then a ``--tasks`` folder for :mod:`hear_api.evaluate`)::
 
     python -m hear_api.tasks esc10 ../shared/data/esc10 OUT           # 5-fold scene task, 400 x 5 s
-    python -m hear_api.tasks synth-events OUT [--clips 120]             # event task from aum.synth
-    python -m hear_api.tasks synth-scene OUT [--per-class 10]           # small 5-fold scene task from aum.synth
+    python -m hear_api.tasks synth-events OUT [--clips 120]             # event task from aum.audio.synth
+    python -m hear_api.tasks synth-scene OUT [--per-class 10]           # small 5-fold scene task from aum.audio.synth
     python -m hear_api.tasks manifest data.csv OUT --name mytask [--event] [--split-column fold]
 
 Library: :func:`write_task` (any clips), :func:`manifest_task` (a manifest read by
@@ -30,10 +30,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from aum.audio import load_audio, resample
+from aum.audio.io import load_audio, resample
 from aum.cli import run_cli
-from aum.data import read_manifest
-from aum.synth import SOUND_NAMES, _background, _finish, generate_labelled_clip, make_event
+from aum.data.datasets import read_manifest
+from aum.audio.synth import SOUND_NAMES, _background, _finish, generate_labelled_clip, make_event
 
 __all__ = ["write_task", "manifest_task", "esc10_task", "synth_event_task", "synth_scene_task",
            "check_task", "main"]
@@ -198,7 +198,7 @@ def manifest_task(manifest, out_dir, task_name: str, *, split_column: str = "spl
     fold numbers/names, which become ``fold00 ...`` in sorted order and a ``presplit_kfold`` task). Scene
     tasks read ``label`` (several labels separated by ``label_separator`` make a multilabel task); event
     tasks (``event=True``) read ``events``: JSON list of ``{"label", "start", "end"}`` in seconds, or of
-    ``{"label", "start_s", "end_s"}`` (the format of :func:`aum.synth.write_clips`). ``start``/``stop``
+    ``{"label", "start_s", "end_s"}`` (the format of :func:`aum.audio.synth.write_clips`). ``start``/``stop``
     columns cut the audio. ``kwargs`` go to :func:`write_task`.
     """
     entries = read_manifest(manifest)
@@ -285,7 +285,7 @@ def synth_event_task(out_dir, task_name: str = "synth_events", clips: int = 120,
                      min_gap: float = 0.2, evaluation: Iterable[str] | None = None, overwrite: bool = False
                      ) -> Path:
     """An event task from the built-in generator: ``clips`` clips of ``duration`` s, each with 1..``max_events``
-    non-overlapping events (classes from :data:`aum.synth.SOUND_NAMES` or ``classes``; lengths
+    non-overlapping events (classes from :data:`aum.audio.synth.SOUND_NAMES` or ``classes``; lengths
     ``min_event``..``max_event`` s; gaps >= ``min_gap`` s; levels -6..0 dB) at known onsets over coloured
     noise of RMS ``noise_level`` (on the scale where an event peaks at 1). The first 20 % of clips are the
     test split, the next 20 % valid, the rest train (``trainvaltest``); multilabel, scored by
@@ -308,13 +308,13 @@ def synth_event_task(out_dir, task_name: str = "synth_events", clips: int = 120,
     return write_task(out_dir, task_name, out, embedding_type="event", prediction_type="multilabel",
                       split_mode="trainvaltest", evaluation=list(evaluation or EVENT_METRICS),
                       sample_duration=duration, labels=sorted(classes), overwrite=overwrite,
-                      extra_metadata={"source": f"aum.synth events, seed {seed}"})
+                      extra_metadata={"source": f"aum.audio.synth events, seed {seed}"})
 
 
 def synth_scene_task(out_dir, task_name: str = "synth_scene", per_class: int = 10, folds: int = 5,
                      duration: float = 1.5, seed: int = 0, classes: Iterable[str] | None = None,
                      overwrite: bool = False) -> Path:
-    """A small multiclass scene task from :func:`aum.synth.generate_labelled_clip`: ``per_class`` clips of each
+    """A small multiclass scene task from :func:`aum.audio.synth.generate_labelled_clip`: ``per_class`` clips of each
     class (``classes``, default all 7 generator classes) of ``duration`` s, dealt round-robin into ``folds``
     folds (``presplit_kfold``, ``top1_acc``)."""
     classes = tuple(classes or SOUND_NAMES)
@@ -330,7 +330,7 @@ def synth_scene_task(out_dir, task_name: str = "synth_scene", per_class: int = 1
     return write_task(out_dir, task_name, clips, embedding_type="scene", prediction_type="multiclass",
                       split_mode="presplit_kfold", evaluation=["top1_acc"], sample_duration=duration,
                       labels=sorted(classes), overwrite=overwrite,
-                      extra_metadata={"source": f"aum.synth labelled clips, seed {seed}"})
+                      extra_metadata={"source": f"aum.audio.synth labelled clips, seed {seed}"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 from aum.config import ConfigError
-from aum.engine import EngineConfig
-from aum.features import UnknownPresetError, get_preset
+from aum.train.config import EngineConfig
+from aum.audio.features import get_preset
+from aum.config import UnknownPresetError
 from aum.models.registry import check_model_options
 from pretrain.masking import STRATEGIES
 from pretrain.objectives import OBJECTIVES

@@ -26,9 +26,9 @@ from omegaconf import OmegaConf
 from aum.checkpoint import save_checkpoint
 from aum.cli import EXIT_OK, RunStopped, run_cli, save_run_config, stopped_message
 from aum.config import load_config, parse_cli, to_dataclass
-from aum.data import AudioClipDataset, SynthAudioDataset, collate_skip_bad, format_bad_file_report, read_manifest, \
+from aum.data.datasets import AudioClipDataset, SynthAudioDataset, collate_skip_bad, format_bad_file_report, read_manifest, \
     scan_audio
-from aum.engine import Trainer
+from aum.train.engine import Trainer
 from aum.models import create_model
 from pretrain.config import PretrainConfig, check_config
 from pretrain.figures import save_reconstruction_png

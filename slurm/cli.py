@@ -21,7 +21,8 @@ import json
 import subprocess
 import sys
 
-from slurm.launch import read_state, submit_sweep
+from slurm.launch import submit_sweep
+from slurm.state import read_state
 from slurm.spec import SweepError, load_sweep
 from slurm.status import build_tables, format_status, job_states, squeue_states, wait_sweep
 

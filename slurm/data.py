@@ -1,7 +1,7 @@
 """Small labelled benchmarks made of generated sounds, for trying sweeps without downloading data.
 
 ``make_synth_benchmark(folder, "synth_a", clips=28, duration=1.0, seed=0)`` writes ``clips`` WAVs of the seven
-:mod:`aum.synth` sound classes (balanced: clip ``i`` is class ``(seed + i) % 7``), ``manifest.csv`` (``path``,
+:mod:`aum.audio.synth` sound classes (balanced: clip ``i`` is class ``(seed + i) % 7``), ``manifest.csv`` (``path``,
 ``label``, ``split``, ``fold``), ``classes.txt`` and ``benchmark.yaml`` (the benchmark file ``python -m
 eval.finetune`` reads: benchmark facts plus a short recipe). Every run of 7 consecutive clips holds one clip per
 class; run ``r`` goes to fold ``r % folds + 1`` and the last fold is the ``test`` split (the rest ``train``), so
@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from aum.models import AuMConfig
-from aum.synth import SOUND_NAMES, write_clips
+from aum.audio.synth import SOUND_NAMES, write_clips
 
 __all__ = ["make_synth_benchmark", "synth_benchmark_file", "check_generate", "GENERATE_KEYS"]
 
@@ -29,7 +29,7 @@ def synth_benchmark_file(name: str, frames: int = 128) -> dict:
     """The ``benchmark.yaml`` content of a generated benchmark: 7 classes, accuracy, train/test splits with a
     stratified validation carve, and a one-epoch recipe (override with ``recipe.*=...``)."""
     return {
-        "benchmark": {"name": name, "title": f"{name}: generated sounds (aum.synth), 7 classes", "num_classes":
+        "benchmark": {"name": name, "title": f"{name}: generated sounds (aum.audio.synth), 7 classes", "num_classes":
                       N_CLASSES, "multi_label": False, "metric": "accuracy", "target_frames": int(frames),
                       "preset": "audioset", "splits": ["train", "test"], "folds": 0, "valid_fraction": 0.25,
                       "valid_stratify": True, "source": "slurm.data.make_synth_benchmark"},

@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from slurm.launch import read_state, submit_sweep
+from slurm.launch import submit_sweep
+from slurm.state import read_state
 from slurm.spec import load_sweep
 from slurm.status import TERMINAL, build_tables, format_status, job_states, wait_sweep
 

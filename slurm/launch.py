@@ -8,8 +8,6 @@ folder per job, ``records/`` (result records) and ``tables/``.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,12 +21,10 @@ from slurm.kinds import check_argv
 from slurm.resources import ResourceError, check_local, check_partition, partition_info, slurm_available, \
     submitit_parameters
 from slurm.spec import Sweep, SweepError
-from slurm.status import failure_reason
+from slurm.state import read_state, write_state
+from slurm.status import failure_reason, squeue_states
 
-__all__ = ["choose_executor", "check_sweep", "submit_sweep", "read_state", "STATE_FILE"]
-
-STATE_FILE = "sweep.json"
-
+__all__ = ["choose_executor", "check_sweep", "submit_sweep"]
 
 def choose_executor(requested: str = "auto") -> str:
     """``slurm`` or ``local``: ``auto`` means SLURM when its commands exist and the controller answers."""
@@ -81,22 +77,7 @@ def check_sweep(sweep: Sweep, executor: str) -> None:
                          f"{len(lines)} problems, nothing submitted:\n  - " + "\n  - ".join(shown))
 
 
-def read_state(sweep_dir) -> dict:
-    """The launcher's record of a sweep (``sweep.json``); :class:`SweepError` when there is none."""
-    path = Path(sweep_dir) / STATE_FILE
-    if not path.is_file():
-        raise SweepError(f"{sweep_dir} is not a sweep folder (no {STATE_FILE})")
-    return json.loads(path.read_text())
-
-
-def _write_state(sweep_dir: Path, state: dict) -> None:
-    tmp = sweep_dir / f".{STATE_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(state, indent=2, default=str))
-    tmp.replace(sweep_dir / STATE_FILE)
-
-
 def _active_slurm_ids() -> set[str]:
-    from slurm.status import squeue_states
     return set(squeue_states())
 
 
@@ -147,7 +128,7 @@ def submit_sweep(sweep: Sweep, executor: str = "auto", dry_run: bool = False, sa
         _submit_slurm(sweep, state, todo, old, root, say)
     else:
         _run_local(sweep, state, todo, root, say)
-    _write_state(root, state)
+    write_state(root, state)
     return state
 
 
@@ -167,7 +148,7 @@ def _submit_slurm(sweep: Sweep, state: dict, todo: list, old: dict, root: Path, 
         sjob = _executor(root / "logs", "slurm", sweep.job(name), sweep.name,
                          "afterok:" + ":".join(deps) if deps else None).submit(SweepJob(spec))
         entry.update(status="submitted", job_id=sjob.job_id, log=str(sjob.paths.stdout), executor="slurm")
-        _write_state(root, state)
+        write_state(root, state)
         say(f"  {name}: job {sjob.job_id}" + (f" after {','.join(deps)}" if deps else ""))
 
 
@@ -189,7 +170,7 @@ def _run_local(sweep: Sweep, state: dict, todo: list, root: Path, say) -> None:
                 jobs[name]["error"] = "ended without its done marker"
             error = f": {jobs[name]['error']}" if jobs[name]["status"] == "failed" else ""
             say(f"  {name}: {jobs[name]['status']}{error} (log {jobs[name]['log']})")
-            _write_state(root, state)
+            write_state(root, state)
         for name in list(waiting):
             if len(running) >= sweep.local_parallel:
                 break
@@ -206,5 +187,5 @@ def _run_local(sweep: Sweep, state: dict, todo: list, root: Path, say) -> None:
                 waiting.remove(name)
                 jobs[name].update(status="running", job_id=sjob.job_id, log=str(sjob.paths.stdout), executor="local")
                 say(f"  {name}: started (pid {sjob.job_id})")
-                _write_state(root, state)
+                write_state(root, state)
         time.sleep(0.5)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from slurm.jobs import JOB_FILE, is_done, read_done
 from slurm.kinds import entry_point
+from slurm.state import read_state
 
 __all__ = ["squeue_states", "scontrol_state", "last_error", "failure_reason", "trace_exception", "job_states",
            "format_status", "build_tables", "wait_sweep", "TERMINAL"]
@@ -187,7 +188,6 @@ def wait_sweep(sweep_dir, timeout_s: float | None = None, poll_s: float = 3.0, s
     """Poll until every job of the sweep is in a final state (``DONE``, ``FAILED``, ``CANCELLED`` ...) or
     ``timeout_s`` passes (``TimeoutError``); returns the last :func:`job_states`."""
     import time
-    from slurm.launch import read_state
     start, last = time.monotonic(), None
     while True:
         state = read_state(sweep_dir)

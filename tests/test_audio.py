@@ -1,4 +1,4 @@
-"""Tests for aum.audio: soundfile loading, downmix, resampling and waveform validation."""
+"""Tests for aum.audio.io: soundfile loading, downmix, resampling and waveform validation."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from aum.audio import AudioDecodeError, load_audio, resample, validate_waveform
+from aum.audio.io import AudioDecodeError, load_audio, resample, validate_waveform
 
 
 def _sine(sr, seconds=1.0, freq=1000.0, amp=0.5):

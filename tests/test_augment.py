@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 
 import eval.ft_data as ft_data
-from aum.features import epic_logmel
+from aum.audio.features import epic_logmel
 from eval.augment import epic_spec_augment, spec_augment
 from eval.ft_data import FinetuneDataset
 from eval.registry import load_benchmark

@@ -36,3 +36,18 @@ def test_scaling_writes_json_plot_and_ratios(tmp_path):
             assert record["results"][model]["forward"][m]["seconds"] > 0
         assert record["summary"][f"{model}_forward"]["time_ratio"] > 0
     assert "time(2x)/time(1x)" in res.stdout and "aum_faster_from_forward" in res.stdout
+
+
+def test_scan_speed_compares_fused_torch_and_reference(tmp_path):
+    out = tmp_path / "scan.json"
+    res = _run(["benchmarks/scan_speed.py", "--sizes", "tiny", "--batch", "1", "--length", "40", "--short", "9",
+                "--repeats", "1", "--json", str(out)], tmp_path)
+    assert res.returncode == 0, res.stderr
+    records = json.loads(out.read_text())["records"]
+    assert [(r["length"], r["mode"]) for r in records] == [(40, "forward"), (40, "train"), (9, "forward"),
+                                                           (9, "train")]
+    from aum.ops import scan_fused
+    backends = {"fused", "torch"} if scan_fused.library() is not None else {"torch"}  # fused needs a compiler
+    assert set(records[0]["ms"]) == backends and set(records[2]["ms"]) == backends | {"reference"}
+    assert all(ms > 0 for r in records for ms in r["ms"].values())
+    assert "torch/fused" in res.stdout

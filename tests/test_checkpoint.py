@@ -9,8 +9,10 @@ import torch
 from safetensors import safe_open
 from safetensors import torch as st
 
-from aum.checkpoint import (CheckpointError, CheckpointMismatchError, content_hash, infer_config,
-                            load_checkpoint, load_state_dict_checked, read_checkpoint, save_checkpoint)
+from aum.checkpoint import (CheckpointError, CheckpointMismatchError, content_hash, load_checkpoint, read_checkpoint,
+                            save_checkpoint)
+from aum.checkpoint.official_aum import infer_config
+from aum.checkpoint.state_dict import load_state_dict_checked
 from aum.models import create_model
 
 MIXERS = ("none", "v1", "v2")

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from aum.cli import EXIT_STOPPED, RunStopped, run_cli, save_run_config
 from aum.config import ConfigError
-from aum.synth import write_clips
+from aum.audio.synth import write_clips
 from eval.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Tests for aum.convert and the foreign-checkpoint paths: official .pth, Hugging Face folder, Vision Mamba."""
+"""Tests for aum.checkpoint.official_aum and the foreign-checkpoint paths: official .pth, Hugging Face folder, Vision Mamba."""
 
 import copy
 import json
@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from aum.checkpoint import (CheckpointError, CheckpointMismatchError, infer_config, load_checkpoint, read_checkpoint,
-                            save_checkpoint)
-from aum.convert import adapt_to_model, hf_config_to_aum, init_from_pretrained, strip_prefix, unwrap, vim_to_aum
+from aum.checkpoint import (CheckpointError, CheckpointMismatchError, init_from_pretrained, load_checkpoint,
+                            read_checkpoint, save_checkpoint)
+from aum.checkpoint.adapt import adapt_to_model
+from aum.checkpoint.official_aum import hf_config_to_aum, infer_config, vim_to_aum
+from aum.checkpoint.state_dict import strip_prefix, unwrap
 from aum.models import create_model
 
 

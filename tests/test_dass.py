@@ -9,7 +9,7 @@ import aum
 from aum.checkpoint import CheckpointMismatchError
 from aum.models import dass as dass_mod
 from aum.models.dass import DASS, SS2D, DASSConfig, cross_merge, cross_scan
-from aum.models.dass_convert import (dass_config_from_state_dict, dass_format, dass_state_dict_from_hf,
+from aum.checkpoint.official_dass import (dass_config_from_state_dict, dass_format, dass_state_dict_from_hf,
                                      dass_state_dict_from_original)
 from aum.models.registry import list_models
 

@@ -1,8 +1,6 @@
-"""Tests for aum.data: folder scan, manifests, deterministic crops, resampling, bad files through workers."""
+"""Tests for aum.data.datasets: folder scan, manifests, deterministic crops, resampling, bad files through workers."""
 
-import csv
 import json
-import math
 import os
 import re
 import subprocess
@@ -15,11 +13,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from aum.data import (MAX_BAD_LOADS, AudioClipDataset, BadFileLog, EpochSampler, SynthAudioDataset,
+from aum.data.datasets import (MAX_BAD_LOADS, AudioClipDataset, BadFileLog, EpochSampler, SynthAudioDataset,
                       UnusableDataError, check_files, collate_skip_bad, format_bad_file_report, read_manifest,
                       scan_audio)
-from aum.features import get_preset, waveform_to_features
-from aum.synth import write_clips
+from aum.audio.features import get_preset, waveform_to_features
+from aum.audio.synth import write_clips
 
 SR = 16000
 
@@ -260,8 +258,9 @@ def test_training_on_only_bad_files_with_loader_workers_stops_with_the_report_an
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(f"""
         import torch
-        from aum.data import AudioClipDataset, UnusableDataError, collate_skip_bad
-        from aum.engine import EngineConfig, Trainer
+        from aum.data.datasets import AudioClipDataset, UnusableDataError, collate_skip_bad
+        from aum.train.config import EngineConfig
+        from aum.train.engine import Trainer
         ds = AudioClipDataset({str(tmp_path / "bad")!r}, crop_frames=16, bad_files_path={str(tmp_path / "log.jsonl")!r})
         cfg = EngineConfig(out_dir={str(tmp_path / "run")!r}, max_steps=3, batch_size=2, num_workers=2, device="cpu")
         try:

@@ -12,7 +12,7 @@ from aum import create_model
 from aum.embed import (_owned_ranges, column_embeddings, embed_waveform, fbank_frames,
                        interpolate_columns, pad_value_for, parse_pooling, scene_embedding, shifted_column_embeddings,
                        window_starts)
-from aum.features import fbank
+from aum.audio.features import fbank
 
 
 @pytest.fixture(scope="module")

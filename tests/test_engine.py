@@ -1,4 +1,4 @@
-"""Tests for aum.engine / aum.distributed: schedule, decay groups, accumulation, checkpoints, exact resume after
+"""Tests for aum.train.engine / aum.train.distributed: schedule, decay groups, accumulation, checkpoints, exact resume after
 SIGKILL, SIGTERM/SIGUSR1 stops, two-process DDP on the CPU, logging and hooks."""
 
 import errno
@@ -20,9 +20,14 @@ import torch
 from torch import nn
 
 import aum
-from aum.distributed import ResumableBatchSampler, dist_env, move_to_device, rng_state, set_rng_state
-from aum.engine import EngineConfig, Trainer, default_param_groups, latest_checkpoint, load_checkpoint, lr_at
-from aum.train_state import DiskFullError, write_train_state
+from aum.data.samplers import ResumableBatchSampler
+from aum.train.distributed import dist_env, move_to_device, rng_state, set_rng_state
+from aum.train.config import EngineConfig
+from aum.train.engine import Trainer
+from aum.train.optim import default_param_groups, lr_at
+from aum.train.state import latest_checkpoint, load_train_state
+from aum.atomic import DiskFullError
+from aum.train.state import write_train_state
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -43,8 +48,9 @@ SCRIPT = textwrap.dedent('''
     import json, os, random, signal, sys, time
     import numpy as np, torch
     from torch import nn
-    from aum.distributed import cleanup_distributed
-    from aum.engine import EngineConfig, Trainer
+    from aum.train.distributed import cleanup_distributed
+    from aum.train.config import EngineConfig
+    from aum.train.engine import Trainer
 
     class Data(torch.utils.data.Dataset):
         def __init__(self, n=20):
@@ -154,7 +160,7 @@ def test_a_stop_signal_checkpoints_the_current_step_and_returns_cleanly(tmp_path
     assert res["stopped_by"] == "signal" and 3 <= res["step"] < 100 and res["handlers_restored"]
     path = Path(res["checkpoint"])
     assert path.name == f"step_{res['step']:08d}.pt" and latest_checkpoint(tmp_path / "term") == path
-    ck = load_checkpoint(path)
+    ck = load_train_state(path)
     assert ck["step"] == res["step"] and ck["sampler"]["offset"] == res["step"] % 10
     assert len(records(tmp_path, "term")) == res["step"]
 
@@ -177,7 +183,7 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(tmp_path):
     r0, r1, s = records(tmp_path, "ddp", 0), records(tmp_path, "ddp", 1), records(tmp_path, "single")
     assert len(s) == 6 and [sorted(a + b) for a, b in zip(r0, r1)] == [sorted(x) for x in s]   # no_sync path
     assert all(not set(a) & set(b) for a, b in zip(r0, r1))
-    ck = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "step_00000003.pt")
+    ck = load_train_state(tmp_path / "ddp" / "checkpoints" / "step_00000003.pt")
     assert len(ck["rng"]) == 2 and ck["engine"]["world_size"] == 2
 
 
@@ -268,7 +274,7 @@ def test_checkpoints_rotate_logs_hooks_and_a_finished_run_resumes_to_nothing(tmp
     assert sorted(os.listdir(ckdir)) == ["last", "step_00000006.pt", "step_00000007.pt"]
     assert (ckdir / "last").read_text().strip() == "step_00000007.pt"
     for step in (6, 7):
-        ck = load_checkpoint(ckdir / f"step_{step:08d}.pt")
+        ck = load_train_state(ckdir / f"step_{step:08d}.pt")
         assert ck["step"] == step and ck["scheduler"]["last_epoch"] == step and ck["config"]["max_steps"] == 7
         assert ck["model"].keys() == model.state_dict().keys() and ck["optimizer"]["state"]
         assert ck["sampler"] == {"epoch": step // 4, "offset": step % 4, "batches_per_epoch": 4, "global_batch": 2}
@@ -333,7 +339,7 @@ def test_sigusr1_in_process_stops_after_the_step(tmp_path):
     res = Trainer(linear(), Pairs(), EngineConfig(out_dir=str(tmp_path), max_steps=50, batch_size=2,
                                                   ckpt_every=0), step_fn).fit()
     assert res["stopped_by"] == "signal" and res["step"] == 2 and n["calls"] == 2
-    assert load_checkpoint(res["checkpoint"])["step"] == 2 and signal.getsignal(signal.SIGUSR1) is before
+    assert load_train_state(res["checkpoint"])["step"] == 2 and signal.getsignal(signal.SIGUSR1) is before
 
 
 def test_sampler_splits_ranks_resumes_and_yields_epoch_keys():
@@ -359,7 +365,7 @@ def test_sampler_splits_ranks_resumes_and_yields_epoch_keys():
 
 
 def test_dist_env_torchrun_slurm_and_batch_script(monkeypatch):
-    monkeypatch.setattr("aum.distributed.shutil.which", lambda _: None)
+    monkeypatch.setattr("aum.train.distributed.shutil.which", lambda _: None)
     env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1234",
            "SLURM_PROCID": "0"}
     assert dist_env(env) == {"launcher": "torchrun", "rank": 3, "world_size": 8, "local_rank": 1,
@@ -429,7 +435,7 @@ def test_disk_full_names_the_file_and_the_last_good_checkpoint_which_stays_intac
     assert str(err.value) == (f"no space left on device writing {ckdir / 'step_00000004.pt'}; "
                               f"the last good checkpoint is {ckdir / 'step_00000002.pt'}")
     assert sorted(os.listdir(ckdir)) == ["last", "step_00000002.pt"]          # no temporary file left behind
-    assert load_checkpoint(ckdir / "step_00000002.pt")["step"] == 2
+    assert load_train_state(ckdir / "step_00000002.pt")["step"] == 2
     assert latest_checkpoint(tmp_path) == ckdir / "step_00000002.pt"
 
 

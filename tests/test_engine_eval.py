@@ -1,12 +1,14 @@
-"""The engine's evaluation hook and best-on-validation selection (aum.selection), and the multistep schedule."""
+"""The engine's evaluation hook and best-on-validation selection (aum.train.selection), and the multistep schedule."""
 import json
 
 import pytest
 import torch
 from torch import nn
 
-from aum.engine import EngineConfig, Trainer, lr_at
-from aum.selection import BestKeeper, best_checkpoint, load_best
+from aum.train.config import EngineConfig
+from aum.train.engine import Trainer
+from aum.train.optim import lr_at
+from aum.train.selection import BestKeeper, best_checkpoint, load_best
 
 
 

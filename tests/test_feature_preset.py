@@ -15,7 +15,7 @@ import hear_api
 from aum.checkpoint import (CheckpointError, feature_preset_of, load_checkpoint, read_checkpoint,
                             save_checkpoint)
 from aum.embed import scene_embedding
-from aum.features import get_preset, preset_record
+from aum.audio.features import get_preset, preset_record
 from aum.models import create_model
 from eval import probe
 from eval.embeddings import Encoder, get_embeddings

@@ -1,4 +1,4 @@
-"""Tests for aum.features: Kaldi fbank front end, presets, padding, normalisation and EPIC log-mel."""
+"""Tests for aum.audio.features: Kaldi fbank front end, presets, padding, normalisation and EPIC log-mel."""
 
 import csv
 import math
@@ -10,8 +10,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from aum.audio import load_audio
-from aum.features import (
+from aum.audio.io import load_audio
+from aum.audio.features import (
     NORM_PRESETS, FbankConfig, epic_logmel, fbank, get_preset, normalize, pad_or_cut, waveform_to_features,
 )
 

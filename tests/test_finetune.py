@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 import eval.finetune as ft
 from aum.checkpoint import load_checkpoint
-from aum.data import MAX_BAD_LOADS, UnusableDataError
-from aum.synth import write_clips
+from aum.data.datasets import MAX_BAD_LOADS, UnusableDataError
+from aum.audio.synth import write_clips
 from eval.augment import mix_targets, mix_waves, noise_and_roll, spec_augment, time_warp
 from eval.ft_data import (FinetuneDataset, balanced_weights, carve_validation, check_entries, make_splits,
                           read_hdf5_segment)

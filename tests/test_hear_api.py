@@ -273,7 +273,7 @@ def test_synth_event_task_has_events_in_ms_inside_the_clips(tmp_path):
 
 
 def test_manifest_task_from_a_csv(tmp_path):
-    from aum.synth import write_clips
+    from aum.audio.synth import write_clips
     rows = write_clips(tmp_path / "audio", 6, duration=1.0, labelled=True)
     with open(tmp_path / "m.csv", "w", newline="") as fh:
         w = csv.writer(fh)

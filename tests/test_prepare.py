@@ -297,7 +297,7 @@ def test_esc50_real_metadata_reports_the_missing_folds(tmp_path):
 # ------------------------------------------------------------------------------------------------ custom + CLI
 
 def test_custom_meta_csv_and_cli(tmp_path, capsys):
-    from aum.synth import write_clips
+    from aum.audio.synth import write_clips
     write_clips(tmp_path / "synth", 20, duration=0.2, labelled=True)
     assert prepare_cli(["custom", str(tmp_path / "synth"), str(tmp_path / "out")]) == 0
     entries = manifest(tmp_path / "out")

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from aum.config import ConfigError
-from aum.engine import EngineConfig, lr_at
-from aum.features import get_preset
+from aum.train.config import EngineConfig
+from aum.train.optim import lr_at
+from aum.audio.features import get_preset
 from eval.registry import engine_settings, list_benchmarks, load_benchmark
 
 # reference section 2: classes, frames, mean / std, freqm / timem, mixup, metric (+ multi-label)

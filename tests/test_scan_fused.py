@@ -3,6 +3,7 @@ torch scan (with one log line) where no compiler works, and whole encoders agree
 Its numerics against the reference are in tests/test_scan.py (every scan test runs both CPU backends)."""
 import logging
 import os
+import shutil
 import stat
 
 import pytest
@@ -166,3 +167,24 @@ def test_encoder_logits_and_gradients_match_across_backends(mixer, dtype, rel):
     for name, g in grads_t.items():
         torch.testing.assert_close(grads_f[name], g, rtol=rel, atol=rel * float(g.abs().max().clamp_min(1e-30)),
                                    msg=name)
+
+
+def test_c_source_ships_as_package_data():
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((fused_mod.SOURCE.parents[2] / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["aum"]
+    relative = fused_mod.SOURCE.relative_to(fused_mod.SOURCE.parents[1])     # ops/scan_fused.c
+    assert any(relative.match(p) for p in patterns)
+
+
+def test_unwritable_cache_falls_back_with_a_message_naming_it(fresh_library, monkeypatch, tmp_path, caplog):
+    if shutil.which(fused_mod.compiler()) is None:
+        pytest.skip("no C compiler: the missing-compiler message comes first")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be\n")
+    monkeypatch.setenv("AUM_CACHE", str(blocker))
+    with caplog.at_level(logging.WARNING, logger=fused_mod.__name__):
+        assert fused_mod.library() is None
+    records = _fallback_records(caplog)
+    assert len(records) == 1 and "cannot write the kernel cache" in records[0].getMessage()
+    assert "AUM_CACHE" in records[0].getMessage()

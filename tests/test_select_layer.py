@@ -9,7 +9,7 @@ import torch
 
 from aum import create_model
 from aum.checkpoint import save_checkpoint
-from aum.synth import noise_burst, tone
+from aum.audio.synth import noise_burst, tone
 from hear_api.select_layer import best_layer, main, score_layers
 
 

@@ -24,7 +24,8 @@ import pytest
 from eval.records import read_records
 from slurm.cli import main as sweep_main
 from slurm.data import make_synth_benchmark
-from slurm.launch import read_state, submit_sweep
+from slurm.launch import submit_sweep
+from slurm.state import read_state
 from slurm.resources import parse_slurm_time, slurm_available
 from slurm.spec import SweepError, load_sweep
 from slurm.status import job_states, squeue_states, wait_sweep

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from slurm.cli import main as sweep_main
-from slurm.launch import read_state, submit_sweep
+from slurm.launch import submit_sweep
+from slurm.state import read_state
 from slurm.spec import SweepError
 from slurm.status import job_states, squeue_states, wait_sweep
 from test_sweep import EXECUTORS, TINY, _assert_nothing_submitted, load, sweep_file

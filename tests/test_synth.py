@@ -1,4 +1,4 @@
-"""Tests for aum.synth: determinism, per-class signal properties, event placement, datasets and files."""
+"""Tests for aum.audio.synth: determinism, per-class signal properties, event placement, datasets and files."""
 
 import csv
 import json
@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from aum.synth import (SOUND_CLASSES, SOUND_NAMES, SynthDataset, chirp, click_train, generate_clip,
+from aum.audio.synth import (SOUND_CLASSES, SOUND_NAMES, SynthDataset, chirp, click_train, generate_clip,
                        generate_labelled_clip, make_event, tone, write_clips)
 
 SR = 16000

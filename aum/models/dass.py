@@ -8,7 +8,7 @@ Linear. No position embedding and no class token, so any number of frames works 
 
 Module names follow the official ``.pth`` (after its ``module.v.`` prefix): ``patch_embed.{0,2,5,7}``,
 ``layers.{i}.blocks.{j}.{norm,op,norm2,mlp}``, ``layers.{i}.downsample.{1,3}``, ``classifier.{norm,head}``,
-with the same shapes, so an official state_dict loads under its own names (``aum.models.dass_convert``).
+with the same shapes, so an official state_dict loads under its own names (``aum.checkpoint.official_dass``).
 
 Read-outs (``forward_features(x, layer=n)`` / ``forward_layers``) are indexed by **block**, ``1..num_layers``
 counted across stages (``num_layers = sum(depths)``): the feature map after block ``n`` (before its stage's

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aum.config import ConfigError
-from aum.features import UnknownPresetError
+from aum.config import UnknownPresetError
 from aum.models.aum import CLS_POSITIONS, AuM, AuMConfig
 from aum.models.dass import DASS, DASSConfig
 from aum.modules import DIRECTIONS
@@ -34,7 +34,7 @@ def list_models(family: str = "aum") -> list[str]:
 
 def preset_fields(name: str) -> dict:
     """The :class:`AuMConfig` fields that preset ``name`` sets (a copy). An unknown name raises
-    :class:`aum.features.UnknownPresetError` (a ``KeyError`` and a ``ValueError``) listing the valid presets."""
+    :class:`aum.config.UnknownPresetError` (a ``KeyError`` and a ``ValueError``) listing the valid presets."""
     if name not in PRESETS:
         raise UnknownPresetError(f"unknown AuM preset {name!r}; valid presets: {', '.join(list_models())}")
     return dict(PRESETS[name])
@@ -43,7 +43,7 @@ def preset_fields(name: str) -> dict:
 def model_config(name: str, **overrides) -> AuMConfig | DASSConfig:
     """The :class:`AuMConfig` of preset ``name`` (a :class:`DASSConfig` for the ``dass_*`` presets) with
     ``overrides`` (any field of that config) applied; an unknown name raises
-    :class:`aum.features.UnknownPresetError` (see :func:`preset_fields`)."""
+    :class:`aum.config.UnknownPresetError` (see :func:`preset_fields`)."""
     if name in DASS_PRESETS:
         return DASSConfig.from_dict({**DASS_PRESETS[name], **overrides})
     return AuMConfig.from_dict({**preset_fields(name), **overrides})

@@ -12,10 +12,10 @@ Four implementations of the same maths:
 * ``reference`` - a plain loop over time with autograd; slow and obvious, the yardstick for the tests.
 * ``fused`` - a C kernel (``scan_fused.c``, compiled on first use and cached; ``scan_fused.py``), forward and
   backward, the default off-GPU wherever a C compiler is found; several times faster than ``torch``.
-* ``torch`` - pure PyTorch, the fallback off-GPU and the fused kernel's yardstick. It walks the sequence in chunks of ``T`` steps, with one
-  fused in-place ``addcmul`` per time step on a ``[batch, E, N]`` state; the per-chunk work (discretisation,
-  the read-out with ``C``) is vectorised. A custom autograd function keeps memory linear in ``L`` without
-  the state dimension: forward stores only its inputs and the state at each chunk start
+* ``torch`` - pure PyTorch, the fallback off-GPU and the fused kernel's yardstick. It walks the sequence in
+  chunks of ``T`` steps, with one fused in-place ``addcmul`` per time step on a ``[batch, E, N]`` state; the
+  per-chunk work (discretisation, the read-out with ``C``) is vectorised. A custom autograd function keeps
+  memory linear in ``L`` without the state dimension: forward stores only its inputs and the state at each chunk start
   (``ceil(L/T) * batch * E * N`` values, none under ``torch.no_grad()``); backward recomputes each chunk's
   states and runs the adjoint recurrence in reverse. Peak transient memory is a few ``T * batch * E * N``
   blocks, whatever ``L`` is.

@@ -103,9 +103,12 @@ def build_key(cc_path: str, cc_version: str, flags: list[str], source: bytes) ->
 
 def _compile(cc_path: str, flags: list[str], out: Path) -> str | None:
     """Compile SOURCE into ``out`` (atomically); returns ``None`` on success, else the compiler's first error."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out.parent)
-    os.close(fd)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out.parent)
+        os.close(fd)
+    except OSError as exc:
+        return f"cannot write the kernel cache {out.parent}: {exc} (set AUM_CACHE to a writable folder)"
     try:
         res = subprocess.run([cc_path, *flags, *COMMON_FLAGS, str(SOURCE), "-o", tmp], capture_output=True,
                              text=True, timeout=300)

@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aum.data import AUDIO_EXTENSIONS
+from aum.data.datasets import AUDIO_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

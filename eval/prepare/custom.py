@@ -1,4 +1,4 @@
-"""Any labelled folder described by a CSV: our own small tasks (and the output of ``aum.synth.write_clips``).
+"""Any labelled folder described by a CSV: our own small tasks (and the output of ``aum.audio.synth.write_clips``).
 
 Layout read::
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aum.data import AUDIO_EXTENSIONS
+from aum.data.datasets import AUDIO_EXTENSIONS
 from eval.prepare.common import PrepareError, Prepared, check_splits, missing_error, require_file
 
 

@@ -18,13 +18,11 @@ from pathlib import Path
 
 import torch
 
-from aum.checkpoint import (CheckpointError, CheckpointMismatchError, LoadReport, RawCheckpoint, infer_config,
-                            load_state_dict_checked, read_checkpoint)
-from aum.models.aum import AuM, AuMConfig, resize_pos_grid
+from aum.checkpoint.state_dict import CheckpointError, CheckpointMismatchError
+from aum.models.aum import AuMConfig, resize_pos_grid
 
 POS_KEY = "pos_embed.pos_embed"
 HEAD_KEYS = ("head.weight", "head.bias")
-_WRAPPER_PREFIXES = ("module.", "model.", "backbone.", "encoder.", "aum.")
 # Options of the official ``AudioMamba`` constructor that change how a file's weights are used; its state_dict
 # keys do not record them. Read from a Hugging Face ``config.json``, or passed by the caller as hints.
 OFFICIAL_OPTIONS = ("bimamba_type", "strides", "spectrogram_size", "if_cls_token", "use_middle_cls_token",
@@ -32,35 +30,6 @@ OFFICIAL_OPTIONS = ("bimamba_type", "strides", "spectrogram_size", "if_cls_token
 _UNSUPPORTED = {"transpose_token_sequence": "tokens in time-major order",
                 "use_double_cls_token": "a class token at each end, cls_token_head and cls_token_tail"}
 _CLS_WARNED: set[str] = set()       # files already warned about (one warning per file and process)
-
-
-def strip_prefix(sd: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
-    """Remove a leading ``prefix`` (DataParallel's ``module.`` by default) from every key that has it."""
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
-
-
-def unwrap(obj) -> dict[str, torch.Tensor]:
-    """The state_dict inside a training checkpoint: follows ``'model'``/``'state_dict'``/``'module'`` keys
-    until a dict of tensors remains. Raises ``ValueError`` when there is none."""
-    for _ in range(4):
-        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return dict(obj)
-        key = next((k for k in ("model", "state_dict", "module") if isinstance(obj, dict)
-                    and isinstance(obj.get(k), dict)), None)
-        if key is None:
-            break
-        obj = obj[key]
-    raise ValueError("not a state_dict: expected a dict of tensors, possibly under 'model', 'state_dict' "
-                     "or 'module'")
-
-
-def normalize_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip ``module.`` everywhere, and a wrapper prefix (``model.``, ``backbone.``, ...) shared by ALL keys."""
-    sd = strip_prefix(sd, "module.")
-    for prefix in _WRAPPER_PREFIXES[1:]:
-        if sd and all(k.startswith(prefix) for k in sd):
-            return strip_prefix(sd, prefix)
-    return sd
 
 
 def hf_config_to_aum(cfg: dict) -> dict:
@@ -172,74 +141,75 @@ def vim_to_aum(vim_sd: dict[str, torch.Tensor], target_grid: tuple[int, int] = (
     return sd
 
 
-def adapt_to_model(sd: dict[str, torch.Tensor], model: AuM,
-                   source_grid: tuple[int, int] | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Fit an AuM-layout ``sd`` to ``model``: ``(adapted state_dict, notes)``.
+def infer_config(state_dict: dict[str, torch.Tensor], **overrides) -> dict:
+    """AuMConfig fields implied by the tensor shapes of an official-layout state_dict; ``overrides`` win.
 
-    A position embedding of another patch grid is resized to the model's grid (``source_grid`` defaults to
-    the model's number of frequency rows, e.g. 512 patches -> 8x64 into an 8x8 Speech-Commands model); the head
-    is dropped when the model has none or another class count. Other differences are left for the checked
-    load to report.
+    Unless ``overrides`` give ``target_frames``, the length and patch stride come from the position embedding
+    (``num_mel_bins`` 128 unless given): with ``patch_stride`` given, its patch count fixes the length; else the
+    (square) strides and the power-of-two lengths the official loader tries (64 .. 2**19 frames) are searched,
+    the patch size as stride first: 512 patches of 16x16 -> stride 16, 1024 frames; 1212 -> stride 10, 1024
+    frames (overlapping patches, the official ``run.py`` default); 64 -> stride 16, 128 frames. Several other
+    strides fitting is an error asking for ``strides=``; no power-of-two fit falls back to the patch stride.
     """
-    sd, notes = dict(sd), []
-    grid, n_prefix = model.pos_embed.grid, model.pos_embed.n_prefix
-    want = model.pos_embed.pos_embed.shape[1]
-    if POS_KEY in sd and sd[POS_KEY].shape[1] != want:
-        if int("cls_token" in sd) != n_prefix:
-            raise CheckpointMismatchError(f"{POS_KEY}: the checkpoint {'has' if n_prefix == 0 else 'lacks'} a "
-                                          f"class token that the model {'lacks' if n_prefix == 0 else 'has'}")
-        pos = sd[POS_KEY]
-        n = pos.shape[1] - n_prefix
-        if source_grid is None and n % grid[0] == 0:
-            source_grid = (grid[0], n // grid[0])
-        if source_grid is None or source_grid[0] * source_grid[1] != n:
-            raise CheckpointMismatchError(f"{POS_KEY}: cannot place {n} patch positions on a grid "
-                                          f"{source_grid or ''} to resize them to {grid}")
-        sd[POS_KEY] = torch.cat([pos[:, :n_prefix], resize_pos_grid(pos[:, n_prefix:], source_grid, grid)], 1)
-        notes.append(f"position embedding resized from grid {tuple(source_grid)} to {tuple(grid)}")
-    classes = model.config.num_classes
-    if "head.weight" in sd and (classes == 0 or sd["head.weight"].shape[0] != classes):
-        notes.append(f"head of {sd['head.weight'].shape[0]} classes dropped: the model has "
-                     + (f"{classes} classes" if classes else "no head"))
-        for k in HEAD_KEYS:
-            sd.pop(k, None)
-    return sd, notes
+    sd = state_dict
+    if "cls_token_head" in sd or "cls_token_tail" in sd:
+        raise CheckpointMismatchError("cls_token_head / cls_token_tail: the official option use_double_cls_token="
+                                      "True (a class token at each end) is not supported by aum")
+    for key in ("patch_embed.proj.weight", "layers.0.mixer.in_proj.weight", "layers.0.mixer.A_log"):
+        if key not in sd:
+            raise CheckpointMismatchError(f"cannot infer the AuM config: no {key!r} in the state_dict")
+    proj = sd["patch_embed.proj.weight"]
+    dim = proj.shape[0]
+    layers = {int(k.split(".")[1]) for k in sd if k.startswith("layers.") and k.split(".")[1].isdigit()}
+    m = "layers.0.mixer."
+    cfg = {
+        "embed_dim": dim,
+        "depth": max(layers) + 1,
+        "mixer": "v2" if m + "conv1d_b.weight" in sd else "v1" if m + "A_b_log" in sd else "none",
+        "d_state": sd[m + "A_log"].shape[1],
+        "d_conv": sd[m + "conv1d.weight"].shape[-1] if m + "conv1d.weight" in sd else 4,
+        "expand": sd[m + "in_proj.weight"].shape[0] // 2 // dim,
+        "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
+        "cls_position": "middle" if "cls_token" in sd else "none",
+        "patch_size": list(proj.shape[-2:]),
+    }
+    cfg.update(overrides)
+    if "pos_embed.pos_embed" in sd and "target_frames" not in overrides:
+        n = sd["pos_embed.pos_embed"].shape[1] - int(cfg["cls_position"] != "none")
+        stride, cfg["target_frames"] = _infer_stride(n, tuple(cfg["patch_size"]), cfg.get("num_mel_bins", 128),
+                                                     cfg.get("patch_stride"))
+        if stride != tuple(AuMConfig.patch_stride):
+            cfg["patch_stride"] = list(stride)
+    return cfg
 
 
-def load_raw_into(model: AuM, raw: RawCheckpoint) -> LoadReport:
-    """Convert and adapt a :class:`~aum.checkpoint.RawCheckpoint` for ``model`` and load it, checked: only the
-    head may be missing (it then keeps its fresh initialisation); anything else raises."""
-    sd, notes, source_grid = raw.state_dict, [], None
-    if raw.kind == "vim":
-        sd = vim_to_aum(sd, model.pos_embed.grid, model.pos_embed.n_prefix)
-        source_grid = model.pos_embed.grid
-        notes.append(f"Vision Mamba weights: RGB patch conv averaged, class-token position moved to slot 0, "
-                     f"14x14 position grid resized to {model.pos_embed.grid}, ImageNet head dropped")
-    elif raw.config:
-        try:
-            cfg = AuMConfig.from_dict(raw.config)
-            source_grid = cfg.grid(cfg.target_frames)
-        except (KeyError, ValueError, TypeError):
-            source_grid = None
-    sd, more = adapt_to_model(sd, model, source_grid)
-    has_head = isinstance(model.head, torch.nn.Linear)
-    report = load_state_dict_checked(model, sd, allow_missing=HEAD_KEYS if has_head else ())
-    if has_head and "head.weight" in report.missing:
-        more.append("head keeps its fresh initialisation (not in the checkpoint, or dropped above)")
-    report.notes, report.source, report.kind = notes + more, raw.path, raw.kind
-    return report
-
-
-def init_from_pretrained(model: AuM, path: str | os.PathLike, kind: str = "auto",
-                         map_location="cpu", hints: dict | None = None) -> LoadReport:
-    """Initialise ``model`` in place from a checkpoint of any ``kind`` (``"auto"``, ``"aum"``, ``"official"``,
-    ``"vim"``, ``"hf"``) and return the :class:`~aum.checkpoint.LoadReport`.
-
-    The weights are converted (Vision Mamba, official options) and adapted (position grid, head) to the model;
-    the load is then strict except for the head, so a mixer, depth or width mismatch raises
-    :class:`~aum.checkpoint.CheckpointMismatchError` naming the keys instead of loading partially. ``hints``
-    describe an official file as in :func:`read_official`; an official file's class token is taken to sit where
-    the model's does unless they say otherwise.
-    """
-    hints = {**({"cls_position": model.config.cls_position} if model.has_cls else {}), **(hints or {})}
-    return load_raw_into(model, read_checkpoint(path, map_location=map_location, kind=kind, hints=hints))
+def _infer_stride(n: int, patch: tuple[int, int], mel: int, stride=None) -> tuple[tuple[int, int], int]:
+    """``(patch stride, frames)`` of a position embedding of ``n`` patches (see :func:`infer_config`)."""
+    (pf, pt) = patch
+    strides = [tuple(stride)] if stride is not None else [patch] + [(s, s) for s in range(min(patch) - 1, 0, -1)]
+    fits = {}
+    for s in strides:
+        for frames in (2 ** k for k in range(6, 20)):
+            if frames >= pt and ((mel - pf) // s[0] + 1) * ((frames - pt) // s[1] + 1) == n:
+                fits.setdefault(s, frames)
+    if patch in fits or len(fits) == 1:
+        stride = patch if patch in fits else next(iter(fits))
+        return stride, fits[stride]
+    if stride is not None:
+        (sf, st_), rows = stride, (mel - pf) // stride[0] + 1
+        if n % rows:
+            raise CheckpointMismatchError(f"pos_embed.pos_embed holds {n} patches, which do not fit patch stride "
+                                          f"{tuple(stride)} ({rows} frequency rows of {mel} mel bins)")
+        return (sf, st_), (n // rows - 1) * st_ + pt
+    if fits:
+        raise CheckpointMismatchError(
+            f"pos_embed.pos_embed holds {n} patches, which fit several patch strides: "
+            + ", ".join(f"{s} at {f} frames" for s, f in fits.items())
+            + "; pass the file's stride as strides=(f, t) (the official option)")
+    rows = (mel - pf) // pf + 1
+    if n % rows:
+        raise CheckpointMismatchError(f"pos_embed.pos_embed holds {n} patches, which fit neither a square patch "
+                                      f"stride at the power-of-two lengths the official loader tries nor stride "
+                                      f"{patch} at any length; pass the file's stride as strides=(f, t) "
+                                      f"(the official option)")
+    return patch, (n // rows - 1) * pt + pt

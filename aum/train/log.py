@@ -1,4 +1,4 @@
-"""What a training run of :class:`aum.engine.Trainer` writes for people to read: ``log.txt`` (the log records of
+"""What a training run of :class:`aum.train.engine.Trainer` writes for people to read: ``log.txt`` (the log records of
 the ``aum`` loggers), ``metrics.jsonl`` (one JSON object a line: training windows and evaluations) and TensorBoard
 event files under ``tb/``; plus :class:`LogWindow`, the running means between two training log lines.
 

@@ -22,10 +22,11 @@ import torch
 import torchaudio
 import torchaudio.compliance.kaldi as kaldi
 
-from .audio import resample, validate_waveform
+from aum.audio.io import resample, validate_waveform
+from aum.config import UnknownPresetError
 
 __all__ = [
-    "FbankConfig", "NORM_PRESETS", "UnknownPresetError", "get_preset", "fbank", "pad_or_cut", "normalize",
+    "FbankConfig", "NORM_PRESETS", "get_preset", "fbank", "pad_or_cut", "normalize",
     "waveform_to_features", "epic_logmel", "NUM_MEL_BINS", "preset_record", "preset_from_record",
 ]
 
@@ -68,13 +69,6 @@ NORM_PRESETS: dict[str, FbankConfig] = {p.name: p for p in (
     FbankConfig("epic_sounds", None, None, 1024, EPIC_SAMPLE_RATE, "epic", "edge"),
     FbankConfig("none", None, None, None),
 )}
-
-
-class UnknownPresetError(KeyError, ValueError):
-    """Unknown preset name (catchable as KeyError or ValueError)."""
-
-    def __str__(self) -> str:  # KeyError would print the repr of the message
-        return str(self.args[0]) if self.args else ""
 
 
 def get_preset(name: str | FbankConfig) -> FbankConfig:

@@ -1,4 +1,4 @@
-"""Process-wide settings that a training run of :class:`aum.engine.Trainer` changes for its duration and restores
+"""Process-wide settings that a training run of :class:`aum.train.engine.Trainer` changes for its duration and restores
 afterwards: deterministic algorithms (:func:`deterministic_mode`) and the stop signals SIGTERM / SIGUSR1 (pre-emption)
 and SIGINT (Ctrl-C) (:func:`stop_signals` in the main process, :func:`ignore_stop_signals` in DataLoader workers).
 

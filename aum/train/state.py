@@ -1,4 +1,4 @@
-"""Training-state checkpoints of :class:`aum.engine.Trainer` on disk: how they are named, written atomically,
+"""Training-state checkpoints of :class:`aum.train.engine.Trainer` on disk: how they are named, written atomically,
 rotated and found again, and the bookkeeping a resume needs (changed settings, the data position under another
 global batch, ``metrics.jsonl`` lines a killed run wrote after its last checkpoint).
 
@@ -14,80 +14,22 @@ old or the new file; ``last`` is updated only after its checkpoint is complete. 
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from aum.atomic import DiskFullError, atomic_write
+
 log = logging.getLogger(__name__)
 
-__all__ = ["CKPT_FORMAT", "DiskFullError", "atomic_write", "step_checkpoint_path", "write_train_state",
-           "latest_checkpoint", "load_checkpoint", "read_train_state", "changed_settings", "rescale_offset",
+__all__ = ["CKPT_FORMAT", "step_checkpoint_path", "write_train_state",
+           "latest_checkpoint", "load_train_state", "read_train_state", "changed_settings", "rescale_offset",
            "truncate_metrics"]
 
 CKPT_FORMAT = "aum-engine/1"
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-class DiskFullError(OSError):
-    """A file could not be written because its device is full (``errno`` ENOSPC): the message says which file
-    (and, from :func:`write_train_state`, which checkpoint is the last good one). Its ``__cause__`` is the
-    original error (an ``OSError``, or torch's ``RuntimeError`` from ``inline_container.cc``)."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.errno = errno.ENOSPC
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an error it was raised from or while handling) is a full device: an ``OSError`` with
-    ENOSPC/EDQUOT, text saying "No space left on device", or torch's ``inline_container`` writer reporting that a
-    file write failed (what ``torch.save`` to a path says when the disk fills)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        text = str(exc)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text:
-            return True
-        if isinstance(exc, RuntimeError) and "inline_container" in text and "write failed" in text:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Replace ``path`` atomically with what ``write(binary_file)`` writes: a temporary file next to it
-    (``.NAME.tmp-PID``), fsynced, renamed over ``path``, then the folder fsynced. The temporary file never
-    outlives the call. A full device raises :class:`DiskFullError` ("no space left on device writing PATH")
-    and leaves ``path`` as it was."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        if isinstance(e, DiskFullError) or not _is_disk_full(e):
-            raise
-        raise DiskFullError(f"no space left on device writing {path}") from e
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 def step_checkpoint_path(ckpt_dir: Path, step: int) -> Path:
@@ -142,15 +84,15 @@ def _newest_in(ckdir: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_train_state(path: str | Path) -> dict:
     """Read an engine checkpoint safely (``weights_only=True``) onto the CPU."""
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_train_state(path: str | Path) -> dict:
-    """:func:`load_checkpoint`, raising ``RuntimeError`` when the file is not an engine checkpoint
+    """:func:`load_train_state`, raising ``RuntimeError`` when the file is not an engine checkpoint
     (its ``format`` is not :data:`CKPT_FORMAT`)."""
-    ck = load_checkpoint(path)
+    ck = load_train_state(path)
     if ck.get("format") != CKPT_FORMAT:
         raise RuntimeError(f"{path} is not an aum engine checkpoint (format {ck.get('format')!r})")
     return ck

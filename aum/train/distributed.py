@@ -1,4 +1,4 @@
-"""Multi-process plumbing of the training engine: launch (torchrun/SLURM), per-rank seeds, RNG snapshots, data.
+"""Multi-process plumbing of the training engine: launch (torchrun/SLURM), per-rank seeds, RNG snapshots, batches on devices.
 
 A job is started either by ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``)
 or by ``srun`` (``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``; the rendezvous address is the first host of
@@ -6,8 +6,8 @@ the step's node list). :func:`init_distributed` reads either, starts the process
 CPU) and returns a :class:`DistInfo`; a plain ``python train.py`` is a world of one and starts no group.
 
 RNG snapshots (:func:`rng_state` / :func:`set_rng_state`) hold only tensors, ints, floats and lists, so a
-checkpoint that stores them still loads with ``torch.load(weights_only=True)``. :class:`ResumableBatchSampler`
-splits a dataset over the ranks deterministically and resumably; :func:`move_to_device` places a batch.
+checkpoint that stores them still loads with ``torch.load(weights_only=True)``. :func:`move_to_device`
+places a batch (the sampler that splits the data over the ranks is :class:`aum.data.samplers.ResumableBatchSampler`).
 """
 from __future__ import annotations
 
@@ -27,8 +27,7 @@ import torch.distributed as dist
 log = logging.getLogger(__name__)
 
 __all__ = ["DistInfo", "dist_env", "init_distributed", "is_main", "get_rank", "get_world_size", "barrier",
-           "cleanup_distributed", "seed_everything", "rng_state", "set_rng_state", "ResumableBatchSampler",
-           "move_to_device"]
+           "cleanup_distributed", "seed_everything", "rng_state", "set_rng_state", "move_to_device"]
 
 
 @dataclass(frozen=True)
@@ -200,54 +199,6 @@ def set_rng_state(state: dict) -> None:
                          n["cached_gaussian"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-
-
-class ResumableBatchSampler:
-    """Infinite, deterministic, resumable batch sampler (``DistributedSampler``-like, drop_last).
-
-    Epoch ``e`` permutes the dataset with a generator seeded ``seed + e``, keeps the first
-    ``world_size * (n // world_size)`` entries and gives rank ``r`` every ``world_size``-th one from ``r``; the
-    rank's share is cut into ``n // world_size // batch_size`` full batches. Global batch ``b`` of a world of
-    ``W`` ranks with batch ``B`` therefore holds the same samples as batch ``b`` of one process with batch
-    ``W*B``. With ``epoch_keys`` it yields ``(epoch, index)`` pairs so a dataset can derive per-item randomness
-    from them, whatever the worker count. Iteration starts at :attr:`epoch`/:attr:`offset` (batches already
-    consumed in that epoch) and never ends.
-    """
-
-    def __init__(self, dataset_len: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 epoch_keys: bool = False):
-        self.n, self.batch_size, self.rank, self.world_size = dataset_len, batch_size, rank, world_size
-        self.seed, self.epoch_keys = seed, epoch_keys
-        self.per_rank = dataset_len // world_size
-        self.batches_per_epoch = self.per_rank // batch_size
-        if self.batches_per_epoch == 0:
-            raise ValueError(f"dataset of {dataset_len} items is smaller than one global batch "
-                             f"({world_size} ranks x {batch_size})")
-        self.epoch, self.offset = 0, 0
-
-    def indices(self, epoch: int) -> list[int]:
-        """This rank's sample order in ``epoch`` (whole batches only)."""
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
-        mine = perm[: self.per_rank * self.world_size][self.rank:: self.world_size]
-        return mine[: self.batches_per_epoch * self.batch_size].tolist()
-
-    def set_position(self, epoch: int, offset: int) -> None:
-        """Start the next iteration at batch ``offset`` of ``epoch``."""
-        epoch, offset = epoch + offset // self.batches_per_epoch, offset % self.batches_per_epoch
-        self.epoch, self.offset = int(epoch), int(offset)
-
-    def position_after(self, consumed: int) -> tuple[int, int]:
-        """``(epoch, offset)`` after ``consumed`` batches from the current start position."""
-        return divmod(self.epoch * self.batches_per_epoch + self.offset + consumed, self.batches_per_epoch)
-
-    def __iter__(self):
-        epoch, offset, bs = self.epoch, self.offset, self.batch_size
-        while True:
-            idx = self.indices(epoch)
-            for b in range(offset, self.batches_per_epoch):
-                chunk = idx[b * bs:(b + 1) * bs]
-                yield [(epoch, i) for i in chunk] if self.epoch_keys else chunk
-            epoch, offset = epoch + 1, 0
 
 
 def move_to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:

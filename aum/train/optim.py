@@ -1,17 +1,14 @@
 """Optimisation for the training engine: the learning-rate schedules (:func:`lr_at`), which parameters are exempt
 from weight decay (:func:`no_weight_decay`, :func:`default_param_groups`), and the optimizer and scheduler that
-:class:`aum.engine.Trainer` builds from an :class:`aum.engine.EngineConfig`.
+:class:`aum.train.engine.Trainer` builds from an :class:`aum.train.config.EngineConfig`.
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
-if TYPE_CHECKING:                      # aum.engine imports this module
-    from aum.engine import EngineConfig
+from aum.train.config import EngineConfig
 
 __all__ = ["lr_at", "no_weight_decay", "default_param_groups", "build_optimizer", "build_scheduler",
            "NO_DECAY_SUFFIXES", "NO_DECAY_NAMES"]

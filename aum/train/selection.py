@@ -1,6 +1,6 @@
 """Model selection for the training engine: keep the weights that scored best on a validation split.
 
-:class:`BestKeeper` is what :class:`aum.engine.Trainer` uses when it is given an ``evaluate`` hook and
+:class:`BestKeeper` is what :class:`aum.train.engine.Trainer` uses when it is given an ``evaluate`` hook and
 ``EngineConfig.select_metric``. Every improvement is written as ``checkpoints/best_step_XXXXXXXX.pt`` (the model's
 state_dict plus the step, the metric and all evaluation numbers) and ``checkpoints/best`` names the current one.
 
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from aum.train_state import atomic_write, read_pointer
+from aum.atomic import atomic_write
+from aum.train.state import read_pointer
 
 log = logging.getLogger(__name__)
 

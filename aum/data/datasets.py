@@ -19,9 +19,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from .audio import AudioDecodeError, load_audio
-from .features import get_preset, waveform_to_features
-from .synth import generate_clip
+from aum.audio.io import AudioDecodeError, load_audio
+from aum.audio.features import get_preset, waveform_to_features
+from aum.audio.synth import generate_clip
 
 __all__ = ["AUDIO_EXTENSIONS", "MAX_BAD_LOADS", "scan_audio", "read_manifest", "check_files", "BadFileLog",
            "UnusableDataError", "AudioClipDataset", "SynthAudioDataset", "EpochSampler", "collate_skip_bad",
@@ -298,7 +298,7 @@ def _item(wave, sample_rate, preset, frames, index, path, label=None, wave_len=N
 
 
 class SynthAudioDataset(_EpochMixin, torch.utils.data.Dataset):
-    """The built-in default data: ``length`` procedural clips (:func:`aum.synth.generate_clip`, 16 kHz) of
+    """The built-in default data: ``length`` procedural clips (:func:`aum.audio.synth.generate_clip`, 16 kHz) of
     ``crop_frames * 0.01 + 0.015`` s, i.e. exactly ``crop_frames`` feature frames, as the items of
     :class:`AudioClipDataset` (``path`` is ``"synth:<clip seed>"``). The clip seed comes from
     ``(seed, epoch, index)``, so every epoch sees new clips when keys are ``(epoch, index)``."""

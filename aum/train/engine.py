@@ -6,12 +6,12 @@ micro-step), clipping, AdamW/Adam with no decay on norms/biases/SSM parameters/e
 schedule (:func:`lr_at`), a resumable deterministic sampler (:class:`ResumableBatchSampler`), atomic rotating
 checkpoints that load with ``torch.load(weights_only=True)``, exact resume, a final checkpoint and a clean stop
 at SIGTERM/SIGUSR1 (pre-emption) or SIGINT (Ctrl-C), optional periodic evaluation with best-on-validation model
-selection (:mod:`aum.selection`), and logging (tqdm, ``metrics.jsonl``, TensorBoard, ``log.txt``, images).
+selection (:mod:`aum.train.selection`), and logging (tqdm, ``metrics.jsonl``, TensorBoard, ``log.txt``, images).
 
-The parts live in their own modules, and the names other code imports stay importable from here:
-:mod:`aum.optim` (schedules, decay groups, optimizer), :mod:`aum.train_state` (checkpoint files and resume
-bookkeeping), :mod:`aum.train_log` (``log.txt``, ``metrics.jsonl``, TensorBoard), :mod:`aum.run_env`
-(deterministic mode, pre-emption signals), :mod:`aum.distributed` (DDP, seeds, RNG state, the sampler).
+The parts live in their own modules of :mod:`aum.train`: :mod:`aum.train.config` (:class:`EngineConfig`),
+:mod:`aum.train.optim` (schedules, decay groups, optimizer), :mod:`aum.train.state` (checkpoint files and resume
+bookkeeping), :mod:`aum.train.log` (``log.txt``, ``metrics.jsonl``, TensorBoard), :mod:`aum.train.run_env`
+(deterministic mode, pre-emption signals), :mod:`aum.train.distributed` (DDP, seeds, RNG state, the sampler).
 
 Layout of ``out_dir``::
 
@@ -30,7 +30,6 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,77 +40,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from aum.distributed import (DistInfo, ResumableBatchSampler, barrier, init_distributed, is_main, move_to_device,
-                             rng_state, seed_everything, set_rng_state)
-from aum.optim import (NO_DECAY_NAMES, NO_DECAY_SUFFIXES, build_optimizer, build_scheduler, default_param_groups,
-                       lr_at, no_weight_decay)
-from aum.run_env import deterministic_mode, ignore_stop_signals, stop_signals
-from aum.selection import BestKeeper
-from aum.train_state import (CKPT_FORMAT, changed_settings, latest_checkpoint, load_checkpoint, read_train_state,
-                             rescale_offset, step_checkpoint_path, truncate_metrics, write_train_state)
-from aum.train_log import LogWindow, add_scalars, append_metrics, log_file, tensorboard_writer
+from aum.data.samplers import ResumableBatchSampler
+from aum.train.config import EngineConfig
+from aum.train.distributed import barrier, init_distributed, move_to_device, rng_state, seed_everything, set_rng_state
+from aum.train.log import LogWindow, add_scalars, append_metrics, log_file, tensorboard_writer
+from aum.train.optim import build_optimizer, build_scheduler, default_param_groups
+from aum.train.run_env import deterministic_mode, ignore_stop_signals, stop_signals
+from aum.train.selection import BestKeeper
+from aum.train.state import (CKPT_FORMAT, changed_settings, latest_checkpoint, read_train_state, rescale_offset,
+                             step_checkpoint_path, truncate_metrics, write_train_state)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EngineConfig", "Trainer", "lr_at", "no_weight_decay", "default_param_groups", "build_optimizer",
-           "resolve_precision", "ResumableBatchSampler", "move_to_device", "latest_checkpoint", "load_checkpoint",
-           "DistInfo", "init_distributed", "is_main"]
-
-
-@dataclass
-class EngineConfig:
-    """Settings of one training run (see the module docstring for the folder layout)."""
-
-    out_dir: str = "runs/default"
-    max_steps: int = 1000          # optimizer steps
-    batch_size: int = 8            # per rank, per micro-step
-    grad_accum: int = 1
-    lr: float = 1e-4               # peak lr (after warm-up)
-    min_lr: float = 1e-6
-    warmup_steps: int = 100
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    optimizer: str = "adamw"       # "adamw" | "adam" (fine-tuning recipes use Adam)
-    schedule: str = "cosine"       # "cosine" | "constant" | "step" | "multistep"
-    decay_start: int = 0
-    decay_every: int = 1
-    decay_factor: float = 1.0
-    milestones: tuple[int, ...] = ()            # multistep: steps where a new factor starts
-    milestone_factors: tuple[float, ...] = ()   # multistep: lr * milestone_factors[i] from milestones[i] on
-    clip_grad: float | None = 1.0
-    precision: str = "auto"        # "auto" | "fp32" | "bf16" | "fp16"
-    ckpt_every: int = 500          # steps; 0 = only at the end
-    keep_last: int = 2             # 0 = keep all
-    log_every: int = 10
-    image_every: int = 0           # 0 = never
-    seed: int = 0
-    num_workers: int = 0
-    resume: bool = True
-    deterministic: bool = False
-    device: str = "auto"
-    eval_every: int = 0            # steps between calls of the evaluate hook (0 = never); the last step always
-    select_metric: str = ""        # key of the evaluate hook's dict that picks the best weights ("" = no selection)
-    select_mode: str = "max"       # "max" | "min"
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)
-        self.milestones = tuple(int(m) for m in self.milestones)
-        self.milestone_factors = tuple(float(f) for f in self.milestone_factors)
-        for name, allowed in (("optimizer", ("adamw", "adam")),
-                              ("schedule", ("cosine", "constant", "step", "multistep")),
-                              ("precision", ("auto", "fp32", "bf16", "fp16")), ("select_mode", ("max", "min"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"EngineConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("batch_size", "grad_accum", "decay_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "warmup_steps", "ckpt_every", "keep_last", "image_every", "num_workers",
-                     "eval_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"EngineConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if len(self.milestones) != len(self.milestone_factors) or list(self.milestones) != sorted(self.milestones):
-            raise ValueError(f"EngineConfig.milestones must be ascending and match milestone_factors one to one, "
-                             f"got {self.milestones} and {self.milestone_factors}")
+__all__ = ["Trainer", "resolve_precision"]
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -139,7 +80,7 @@ class Trainer:
     ``evaluate(model, step) -> {name: float}`` is called on rank 0 every ``eval_every`` steps and after the last
     step, like ``visualise`` (unwrapped model, eval mode, ``no_grad``, RNG streams restored; the other ranks wait).
     Its numbers go to ``metrics.jsonl`` (with ``"eval": true`` and the fractional ``epoch``) and TensorBoard; with
-    ``select_metric`` the best weights are kept (:class:`aum.selection.BestKeeper`, resumable) and
+    ``select_metric`` the best weights are kept (:class:`aum.train.selection.BestKeeper`, resumable) and
     :meth:`fit` reports them under ``"best"``.
     """
 
@@ -323,7 +264,7 @@ class Trainer:
         """Train (or resume) until ``max_steps`` or a stop signal (SIGTERM, SIGUSR1, SIGINT: the step under way
         finishes and is checkpointed); returns ``{"step", "loss" (smoothed),
         "checkpoint" (path of the newest checkpoint), "stopped_by": "done"|"signal", "best": the best weights on
-        validation (:meth:`aum.selection.BestKeeper.summary`) or None}``.
+        validation (:meth:`aum.train.selection.BestKeeper.summary`) or None}``.
 
         Raises ``FloatingPointError`` naming the step when the loss (averaged over ranks) is not finite; nothing
         of that step is applied or saved.

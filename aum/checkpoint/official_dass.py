@@ -18,6 +18,7 @@ import re
 
 import torch
 
+from aum.checkpoint.state_dict import CheckpointMismatchError
 from aum.models.dass import K_DIRECTIONS, DASS, DASSConfig
 from aum.models.registry import DASS_PRESETS
 
@@ -38,7 +39,6 @@ _HF_RENAMES = (                                   # (HF pattern, our replacement
 
 
 def _mismatch(message: str) -> Exception:
-    from aum.checkpoint import CheckpointMismatchError      # lazy: aum.checkpoint imports the models
     return CheckpointMismatchError(message)
 
 

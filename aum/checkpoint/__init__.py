@@ -1,0 +1,20 @@
+"""Checkpoints: our format, the released foreign formats, and checked loading into a model.
+
+    from aum.checkpoint import load_checkpoint, save_checkpoint
+    model = load_checkpoint("run/encoder.safetensors")     # also: official AuM .pth, HF folder, Vim ImageNet .pth
+    save_checkpoint(model, "run/copy.safetensors")         # one file: weights, config, feature preset
+
+The modules, lowest first: :mod:`~aum.checkpoint.state_dict` (errors, reports, checked loads, key helpers),
+:mod:`~aum.checkpoint.files` (file kinds, safe reading), :mod:`~aum.checkpoint.ours` (our safetensors format and
+its feature-preset record), :mod:`~aum.checkpoint.official_aum` and :mod:`~aum.checkpoint.official_dass` (the
+released formats to our layouts), :mod:`~aum.checkpoint.adapt` (fitting weights to a model of another grid or
+head), :mod:`~aum.checkpoint.load` (read any file, build or initialise a model). docs/checkpoints.md lists every
+format with its keys.
+"""
+from aum.checkpoint.load import init_from_pretrained, load_checkpoint, read_checkpoint
+from aum.checkpoint.ours import DEFAULT_FEATURE_PRESET, content_hash, feature_preset_of, save_checkpoint
+from aum.checkpoint.state_dict import CheckpointError, CheckpointMismatchError, LoadReport, RawCheckpoint
+
+__all__ = ["load_checkpoint", "save_checkpoint", "read_checkpoint", "init_from_pretrained", "feature_preset_of",
+           "content_hash", "DEFAULT_FEATURE_PRESET", "CheckpointError", "CheckpointMismatchError", "LoadReport",
+           "RawCheckpoint"]

@@ -1,0 +1,51 @@
+"""What a checkpoint file is and how its tensors are read safely: safetensors, or a torch pickle that only ever
+loads with ``torch.load(weights_only=True)`` (objects refused). Every failure names the file.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from aum.checkpoint.state_dict import CheckpointError, normalize_keys, unwrap
+
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")   # the weights file of a Hugging Face folder
+
+
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def sniff_format(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head[8:9] == b"{":                       # u64 header length, then the JSON header
+        return "safetensors"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":   # torch zip archive / legacy pickle
+        return "pickle"
+    raise CheckpointError(f"{path}: not a checkpoint we can read (neither safetensors nor a torch pickle)")
+
+
+def read_tensors(path: Path, map_location) -> tuple[dict, dict]:
+    """``(state_dict, safetensors metadata)`` of a file, pickles through ``weights_only=True`` only."""
+    if sniff_format(path) == "safetensors":
+        device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                sd, meta = {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
+        except Exception as e:
+            raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from e
+        return (sd if "aum_config" in meta else normalize_keys(sd)), meta
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused to unpickle: it holds objects other than tensors and plain "
+                              f"containers (weights_only=True). If you trust the file, extract its state_dict "
+                              f"yourself and pass that instead. Detail: {str(e).splitlines()[0]}") from e
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read torch checkpoint ({type(e).__name__}: {e})") from e
+    try:
+        return normalize_keys(unwrap(obj)), {}
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from e
