@@ -1,5 +1,23 @@
-"""What every command-line entry point shares: exit statuses, turning user errors into one message, and the run
-folder's ``config.yaml``.
+"""What every command-line entry point shares: one command-line convention, exit statuses, turning user errors
+into one message, and the run folder's ``config.yaml``.
+
+The command-line convention (every console script; parsed by :class:`CommandLine`, built by :func:`build_argv`):
+
+- positional arguments and ``--flags`` are argparse's, so ``--help`` (``-h``) looks the same everywhere: usage,
+  arguments, flags, and ``--debug`` (show the traceback of an input error);
+- a command with a config (a dataclass schema: ``aum-pretrain``, ``aum-finetune``) takes ``key=value`` overrides
+  (omegaconf dotlist: dotted keys, values parsed as YAML) as its trailing arguments, after the positionals and
+  flags; ``--help`` lists every key with its default, and a key the schema lacks is a usage error naming the
+  closest key and the valid keys at its level. A word that does not start with ``-`` and holds ``=`` is an
+  override (write a path with ``=`` in it as ``./a=b``);
+- a command may also read a YAML config file first (``aum-pretrain CONFIG.yaml`` or ``--config CONFIG.yaml``):
+  schema defaults < the file < the overrides.
+
+For example ``python -m pretrain my_run.yaml engine.max_steps=20000``, ``python -m eval.finetune esc50
+prep/esc50/manifest.jsonl --init ssl runs/pretrain/encoder.safetensors run.fold=all`` and ``python -m eval.probe
+esc10 data/esc10 --random tiny --folds 5``. A command line that does not parse raises :class:`UsageError`.
+Programs that build command lines (the sweep launcher) use :func:`build_argv`: a plain key becomes a ``--flag``,
+a dotted key a trailing ``key=value``.
 
 Exit statuses of the console scripts (``aum-pretrain``, ``aum-finetune``, ``aum-probe``, ...):
 
@@ -13,6 +31,7 @@ Exit statuses of the console scripts (``aum-pretrain``, ``aum-finetune``, ``aum-
 """
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 import traceback
@@ -23,10 +42,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aum.checkpoint import CheckpointError
-from aum.config import ConfigError, save_config
+from aum.config import ConfigError, check_overrides, save_config
 
-__all__ = ["EXIT_OK", "EXIT_USAGE", "EXIT_STOPPED", "EXIT_INTERRUPTED", "USER_ERRORS", "RunStopped", "run_cli",
-           "error_message", "stopped_message", "save_run_config"]
+__all__ = ["EXIT_OK", "EXIT_USAGE", "EXIT_STOPPED", "EXIT_INTERRUPTED", "USER_ERRORS", "RunStopped", "UsageError",
+           "CommandLine", "build_argv", "yaml_value", "overrides_help", "run_cli", "error_message",
+           "stopped_message", "save_run_config"]
 
 EXIT_OK, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 2, 3, 130
 
@@ -37,6 +57,146 @@ USER_ERRORS = (ValueError, KeyError, OSError, OmegaConfBaseException, Checkpoint
 
 class RunStopped(Exception):
     """A training run stopped by a signal after writing its checkpoint; rerunning the same command resumes it."""
+
+
+class UsageError(SystemExit):
+    """A command line that does not parse: a ``SystemExit`` carrying its message (``str()``), as :func:`run_cli`
+    expects, plus the parser's ``usage`` line, which :func:`run_cli` prints before ``PROG: error: MESSAGE``."""
+
+    def __init__(self, message: str, usage: str = ""):
+        super().__init__(message)
+        self.usage = usage
+
+
+def yaml_value(value) -> str:
+    """``value`` as the YAML text of a ``key=value`` override: ``true``/``false``, ``null``, ``''``, ``[a,b]``,
+    ``{k: v}``; anything else as ``str()``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str) and not value:
+        return "''"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(yaml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def overrides_help(schema, listed=None) -> str:
+    """The ``--help`` text of the ``key=value`` overrides of dataclass ``schema``: every key with its default
+    (``???``: required), for the top-level sections in ``listed`` (None: all); the other sections are named as
+    set by the config file the command reads."""
+    tree = OmegaConf.to_container(OmegaConf.structured(schema))
+    shown = {k: v for k, v in tree.items() if listed is None or k in listed}
+    lines = [f"  {key}={yaml_value(value)}" for key, value in _flat(shown).items()]
+    rest = [f"{k}.*" for k in tree if k not in shown]
+    if rest:
+        lines.append(f"  {', '.join(rest)}: every key of the file the command reads, which sets their values")
+    return ("key=value overrides (after the other arguments; dotted keys, values as YAML) and their defaults:\n"
+            + "\n".join(lines))
+
+
+def _is_override(word: str) -> bool:
+    """Whether a command-line word is a ``key=value`` override rather than a positional or a flag."""
+    return "=" in word and not word.startswith("-")
+
+
+class CommandLine(argparse.ArgumentParser):
+    """The parser of every console script (the convention of the module docstring): an ``ArgumentParser``
+    (``--debug`` included) whose :meth:`parse` also takes the trailing ``key=value`` overrides of ``config``.
+
+    ``config``: the dataclass schema the overrides set (None: the command takes none); its keys are checked by
+    :meth:`parse` and listed by ``--help`` (only the sections in ``listed``, when given). ``config_file``: the
+    command reads an optional YAML file, the positional ``CONFIG.yaml`` or ``--config FILE`` (``args.config``).
+    Errors raise :class:`UsageError` (exit status 2 through :func:`run_cli`) instead of exiting."""
+
+    def __init__(self, prog: str, description: str | None = None, *, config=None, config_file: bool = False,
+                 listed=None, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        if config is not None:
+            kwargs.setdefault("epilog", overrides_help(config, listed))
+        super().__init__(prog=prog, description=description, **kwargs)
+        self.config, self.config_file, self._overrides_added = config, config_file, config is None
+        self.add_argument("--debug", action="store_true", help="show the traceback of an input error")
+        if config_file:
+            self.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="YAML file of config values")
+            self.add_argument("--config", dest="config_option", metavar="FILE", help="the same as CONFIG.yaml")
+
+    def _add_overrides(self) -> None:
+        """Declare the overrides as the last positional (for usage and help; :meth:`parse` fills them)."""
+        if not self._overrides_added:
+            self._overrides_added = True
+            self.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                              help="config overrides, last on the command line (keys and defaults below)")
+
+    def format_usage(self) -> str:
+        """The usage line (with ``[key=value ...]`` for a command with a config)."""
+        self._add_overrides()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        """The ``--help`` text (with the overrides and their defaults for a command with a config)."""
+        self._add_overrides()
+        return super().format_help()
+
+    def error(self, message: str):
+        """Raise :class:`UsageError` with ``message`` and the usage line (argparse would print and exit)."""
+        raise UsageError(message, self.format_usage())
+
+    def parse(self, argv=None) -> argparse.Namespace:
+        """Parse ``argv`` (``sys.argv[1:]`` when None): the namespace of the positionals and flags, plus
+        ``overrides`` (the ``key=value`` words, checked against ``config``) and ``config`` (the YAML file or
+        None) when the parser has them. ``--help`` prints the help and exits 0; errors raise :class:`UsageError`."""
+        argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+        words, overrides = argv, []
+        if self.config is not None:
+            words = []
+            for word in argv:
+                if _is_override(word):
+                    overrides.append(word)
+                elif overrides and word not in ("-h", "--help"):
+                    self.error(f"unexpected argument {word!r} after the key=value overrides (they come last)")
+                else:
+                    words.append(word)
+        self._add_overrides()
+        args = self.parse_args(words)
+        if self.config is not None:
+            if args.overrides:                                  # stray positionals argparse gave to the overrides
+                self.error(f"unexpected argument(s) {' '.join(args.overrides)}")
+            try:
+                check_overrides(self.config, overrides)
+            except ConfigError as e:
+                self.error(str(e))
+            args.overrides = overrides
+        if self.config_file:
+            given = [p for p in (args.config, args.config_option) if p is not None]
+            if len(given) > 1 or "" in given:
+                self.error(f"give one config file (CONFIG.yaml or --config FILE), got {given}")
+            args.config = given[0] if given else None
+            del args.config_option
+        return args
+
+
+def build_argv(words, options: dict) -> list[str]:
+    """A command line in the convention: ``words`` as they are (positionals, fixed flags), then ``options``: a
+    plain key becomes ``--key value`` (``_`` written ``-``; ``True``: the bare flag; ``False``/``None``: left
+    out; a list: comma-joined), a dotted key a trailing ``key=value`` override (:func:`yaml_value`)."""
+    out, overrides = [str(w) for w in words], []
+    for key, value in options.items():
+        key = str(key)
+        if "." in key:
+            overrides.append(f"{key}={yaml_value(value)}")
+        elif value is not None and value is not False:
+            flag = "--" + key.lstrip("-").replace("_", "-")
+            if value is True:
+                out.append(flag)
+            elif isinstance(value, (list, tuple)):
+                out += [flag, ",".join(str(v) for v in value)]
+            else:
+                out += [flag, str(value)]
+    return out + overrides
 
 
 def error_message(exc: BaseException) -> str:
@@ -66,10 +226,10 @@ def run_cli(prog: str, body: Callable[[list[str]], int | None], argv=None) -> in
     except RunStopped as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_STOPPED
-    except SystemExit as e:                        # argparse (0 / 2 itself) or SystemExit("message")
+    except SystemExit as e:                        # --help (0), UsageError or SystemExit("message")
         if e.code is None or isinstance(e.code, int):
             return int(e.code or 0)
-        print(f"{prog}: error: {e.code}", file=sys.stderr)
+        print(f"{getattr(e, 'usage', '')}{prog}: error: {e.code}", file=sys.stderr)
         return EXIT_USAGE
     except USER_ERRORS as e:
         if debug:

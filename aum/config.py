@@ -1,15 +1,13 @@
 """Run configs: a dataclass schema holds the defaults; a YAML file, then ``key=value`` overrides change them.
-Use: ``path, ov = parse_cli(sys.argv[1:]); cfg = load_config(Schema, path, ov); save_config(cfg, yaml_path)``."""
+Use: ``cfg = load_config(Schema, path, overrides); save_config(cfg, yaml_path)``; command lines are parsed by
+:class:`aum.cli.CommandLine`, which checks overrides with :func:`check_overrides`."""
 
 from __future__ import annotations
-
-import sys
 
 import dataclasses
 import difflib
 import os
 import re
-import tempfile
 import types
 import typing
 from pathlib import Path
@@ -17,7 +15,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["ConfigError", "load_config", "save_config", "to_dataclass", "parse_cli"]
+from aum.atomic import atomic_write_text
+
+__all__ = ["ConfigError", "load_config", "save_config", "to_dataclass", "check_overrides"]
 
 _KEY_RE = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_0-9][\w-]*)*$")
 
@@ -72,10 +72,7 @@ def load_config(schema, path: str | os.PathLike | None = None, overrides=()) -> 
             raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
         cfg = _apply(cfg, schema, data, f"config file {path}")
     for item in [overrides] if isinstance(overrides, str) else overrides:
-        if "=" not in str(item) or not _KEY_RE.match(str(item).partition("=")[0].strip()):
-            raise ConfigError(f"malformed override {item!r}: expected key=value, e.g. optim.lr=3e-4")
-        data = OmegaConf.to_container(OmegaConf.from_dotlist([str(item).strip()]))
-        cfg = _apply(cfg, schema, data, f"override {item!r}")
+        cfg = _apply(cfg, schema, _override_data(item), f"override {item!r}")
     if missing := sorted(OmegaConf.missing_keys(cfg)):
         raise ConfigError(f"config value(s) required but not set: {', '.join(missing)}")
     return cfg
@@ -83,16 +80,10 @@ def load_config(schema, path: str | os.PathLike | None = None, overrides=()) -> 
 
 def save_config(cfg, path: str | os.PathLike) -> Path:
     """Write ``cfg`` (DictConfig, dict or dataclass instance) as resolved YAML to ``path`` atomically
-    (temporary file in the same folder, then ``os.replace``); creates the folder. Returns the path."""
+    (:func:`aum.atomic.atomic_write_text`); creates the folder. Returns the path."""
     (path := Path(path)).parent.mkdir(parents=True, exist_ok=True)
-    text = OmegaConf.to_yaml(cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg), resolve=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text), fh.flush(), os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # no-op after a successful replace
+    atomic_write_text(path, OmegaConf.to_yaml(cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg),
+                                              resolve=True))
     return path
 
 
@@ -102,23 +93,18 @@ def to_dataclass(cfg, schema):
     return OmegaConf.to_object(_apply(OmegaConf.structured(schema), schema, data, "config"))
 
 
-def parse_cli(argv) -> tuple[str | None, list[str]]:
-    """Split command-line words into ``(config_path or None, overrides)``: ``--config FILE``, ``--config=FILE``
-    or a leading ``*.yaml``/``*.yml`` word, then ``key=value`` overrides; anything else raises ConfigError."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    paths, overrides, it = [], [], iter(enumerate(argv))
-    for i, word in it:
-        if word.partition("=")[0] == "--config":
-            paths.append(word.partition("=")[2] if "=" in word else next(it, (0, ""))[1])
-        elif i == 0 and "=" not in word and word.lower().endswith((".yaml", ".yml")):
-            paths.append(word)
-        elif "=" in word and _KEY_RE.match(word.partition("=")[0].strip()):
-            overrides.append(word)
-        else:
-            raise ConfigError(f"unexpected argument {word!r}: expected [--config] FILE.yaml and key=value overrides")
-    if "" in paths or len(paths) > 1:
-        raise ConfigError(f"give exactly one config file (--config FILE.yaml), got {paths}")
-    return (paths[0] if paths else None), overrides
+def _override_data(item) -> dict:
+    """The nested mapping one ``key=value`` override sets (value parsed as YAML); ConfigError when malformed."""
+    if "=" not in str(item) or not _KEY_RE.match(str(item).partition("=")[0].strip()):
+        raise ConfigError(f"malformed override {item!r}: expected key=value, e.g. optim.lr=3e-4")
+    return OmegaConf.to_container(OmegaConf.from_dotlist([str(item).strip()]))
+
+
+def check_overrides(schema, overrides) -> None:
+    """Check ``key=value`` overrides against dataclass ``schema`` without applying them: :class:`ConfigError` for
+    a malformed one or an unknown key (as :func:`load_config`: the closest key, the valid keys at that level)."""
+    for item in overrides:
+        _check_keys(schema, _override_data(item), "", f"override {item!r}")
 
 
 class UnknownPresetError(KeyError, ValueError):

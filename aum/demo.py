@@ -6,22 +6,20 @@ loads any checkpoint the library reads (ours, official AuM, the Hugging Face re-
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 from aum.audio.io import load_audio
-from aum.cli import run_cli
+from aum.cli import CommandLine, run_cli
 from aum.audio.features import get_preset, waveform_to_features
 from aum.models import create_model, list_models
 from aum.ops import cuda_kernels
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line options of the demo."""
-    p = argparse.ArgumentParser(prog="aum-encode", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> CommandLine:
+    """Command-line options of the demo (:class:`aum.cli.CommandLine`)."""
+    p = CommandLine("aum-encode", __doc__)
     p.add_argument("--file", help="audio file to encode (default: a built-in generated clip)")
     p.add_argument("--seconds", type=float, default=10.0, help="length of the generated clip")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated clip and the random init")
@@ -40,7 +38,7 @@ def main(argv=None) -> int:
 
 
 def _encode(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse(argv)
     if args.file:
         wave, source = load_audio(args.file), args.file
     else:

@@ -13,14 +13,17 @@ Cache layout::
   name, dtype, shape and bytes, which is what its saved file would hold. It therefore changes with the preset,
   the seed and the initialisation code alike, and never collides with another random encoder.
 
-Each file stores both clip embeddings, ``cls`` (class-token output) and ``mean`` (mean of the patch-token outputs),
-so ``--embedding cls|mean|both`` all read the same cache; ``index`` (the rows of the entry list that decoded:
+Embeddings are built by :mod:`aum.embed` (the one embedding path: the clip, cut or padded to ``target_frames``,
+is one window; pooled with its vocabulary), so any encoder that describes itself (AuM, DASS) works. Each file
+stores every pooling part of :data:`aum.embed.POOLINGS`: ``mean`` and ``max`` (over the clip's columns, each the
+mean of its frequency tokens) and ``cls`` (the class-token output; absent for an encoder without one), so every
+``--embedding`` (``mean``, ``cls``, ``mean+max``, ``cls+mean`` alias ``both``, ...) reads the same cache; ``index`` (the rows of the entry list that decoded:
 bad files are skipped and logged) and a JSON ``meta`` (entry fingerprint, feature preset, frames, layer, encoder
 config, timing). A file whose fingerprint or front end differs from the request is re-extracted and replaced. The
 fingerprint (:func:`entries_fingerprint`) covers each audio file's size and modification time, so an audio file
 replaced at the same path, or a missing one restored, makes the next run extract the split again.
 
-Memory: audio lives only one batch at a time (``batch_size`` clips); the embeddings themselves, ``2 x N x D``
+Memory: audio lives only one batch at a time (``batch_size`` clips); the embeddings themselves, ``3 x N x D``
 float32, are kept in memory (a linear probe needs them all anyway).
 """
 from __future__ import annotations
@@ -29,7 +32,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,16 +41,28 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from aum.audio.io import load_audio
+from aum.atomic import atomic_write
+from aum.audio.features import get_preset, pad_to_one_frame, waveform_to_features
 from aum.checkpoint import content_hash, load_checkpoint
-from aum.data.datasets import BadFileLog, collate_skip_bad
-from aum.audio.features import get_preset, waveform_to_features
-from aum.models import AuM, create_model
+from aum.embed import POOLINGS, column_embeddings, pad_value_for, parse_pooling, pool_columns
+from aum.data.datasets import BadFileLog, bad_file_reason, collate_skip_bad, load_clip
+from aum.models import AuM, DASS, create_model
 
 log = logging.getLogger(__name__)
-EMBEDDINGS = ("cls", "mean", "both")
 DEFAULT_EMBEDDING = "mean"
-CACHE_FORMAT = 2                 # 2: the entry fingerprint includes file size and mtime
+CACHE_FORMAT = 3                 # 2: the entry fingerprint includes file size and mtime; 3: aum.embed, max stored
+
+
+def embedding_kind(text: str) -> str:
+    """``text`` when it is a pooling of :func:`aum.embed.parse_pooling` (``mean``, ``max``, ``cls`` joined by
+    ``+``; ``both`` = ``cls+mean``), for ``--embedding``; ``argparse.ArgumentTypeError`` naming the valid names
+    otherwise."""
+    import argparse
+    try:
+        parse_pooling(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def default_cache_dir() -> Path:
@@ -77,8 +91,8 @@ class Encoder:
 
     key: str
     source: str
-    factory: Callable[[], AuM]
-    model_: AuM | None = field(default=None, repr=False)
+    factory: Callable[[], AuM | DASS]
+    model_: AuM | DASS | None = field(default=None, repr=False)
     calls: int = 0
 
     @classmethod
@@ -98,7 +112,7 @@ class Encoder:
         return cls(weights_hash(model)[:16], desc, lambda: model, model)
 
     @property
-    def model(self) -> AuM:
+    def model(self) -> AuM | DASS:
         """The encoder, built on first use, in eval mode with frozen parameters."""
         if self.model_ is None:
             self.model_ = self.factory()
@@ -108,20 +122,28 @@ class Encoder:
 
 @dataclass
 class EmbeddingSet:
-    """Cached embeddings of one split: ``cls`` and ``mean`` ``[n, D]``, ``index`` ``[n]`` into the entry list."""
+    """Cached embeddings of one split, one ``[n, D]`` array per pooling part (:data:`aum.embed.POOLINGS`):
+    ``mean``, ``max`` and ``cls`` (``None`` for an encoder without a class token); ``index`` ``[n]`` into the
+    entry list."""
 
-    cls: np.ndarray
     mean: np.ndarray
+    max: np.ndarray | None
+    cls: np.ndarray | None
     index: np.ndarray
     meta: dict
 
     def features(self, kind: str = DEFAULT_EMBEDDING) -> np.ndarray:
-        """The probe input: ``cls``, ``mean`` or ``both`` (``[cls, mean]`` concatenated, ``[n, 2D]``)."""
-        if kind not in EMBEDDINGS:
-            raise ValueError(f"unknown embedding {kind!r}; choose one of {EMBEDDINGS}")
-        if kind != "mean" and not self.meta.get("has_cls", True):
-            raise ValueError(f"embedding {kind!r} needs a class token, but this encoder has none; use 'mean'")
-        return {"cls": self.cls, "mean": self.mean}[kind] if kind != "both" else np.hstack([self.cls, self.mean])
+        """The probe input: the parts of pooling ``kind`` (:func:`aum.embed.parse_pooling`: ``mean``, ``max``,
+        ``cls`` joined by ``+``, e.g. ``cls+mean``, alias ``both``) concatenated in that order, ``[n, k D]``."""
+        try:
+            names = parse_pooling(kind)
+        except ValueError as e:
+            raise ValueError(f"unknown embedding {kind!r}: {e}") from None
+        missing = [name for name in names if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"embedding {kind!r} needs {missing[0]!r}, which this cache does not hold"
+                             + ("; the encoder has no class token, use 'mean'" if missing[0] == "cls" else ""))
+        return np.hstack([getattr(self, name) for name in names])
 
 
 def _file_state(path) -> list | None:
@@ -165,15 +187,10 @@ class ClipFeatures(torch.utils.data.Dataset):
         """Features of entry ``i``, or ``None`` when its file is bad."""
         e, sr = self.entries[i], self.preset.sample_rate
         try:
-            wave = load_audio(e["path"], sr)
-            wave = wave[round(float(e.get("start") or 0) * sr):round(float(e["stop"]) * sr) if e.get("stop") else None]
-            if wave.numel() == 0:
-                raise ValueError(f"{e['path']}: empty segment start={e.get('start')} stop={e.get('stop')}")
-            wave = torch.nn.functional.pad(wave, (0, max(0, 400 * sr // 16000 - wave.numel())))
+            wave = pad_to_one_frame(load_clip(e, sr), sr, self.preset)
             feats = waveform_to_features(wave, sr, self.preset, self.frames, name=str(e["path"]))
         except (OSError, ValueError, RuntimeError, EOFError) as err:
-            reason = "missing" if isinstance(err, FileNotFoundError) else type(err).__name__
-            self.bad_files.record(e["path"], reason, f"{type(err).__name__}: {err}", i)
+            self.bad_files.record(e["path"], bad_file_reason(err), f"{type(err).__name__}: {err}", i)
             return None
         return {"fbank": feats, "index": i}
 
@@ -184,7 +201,10 @@ def extract_embeddings(encoder: Encoder, entries, preset="audioset", target_fram
                        bad_files_path=None) -> tuple[dict, dict]:
     """Encode every entry once, streaming ``batch_size`` clips at a time, with a tqdm bar showing clips/s.
 
-    Returns ``(arrays, stats)``: arrays ``cls``/``mean`` ``[n_ok, D]`` float32 and ``index`` ``[n_ok]``;
+    Each batch of features goes through :func:`aum.embed.column_embeddings` as one window of its own length
+    (one encoder pass, the same as ``forward_features``) and is pooled by :func:`aum.embed.pool_columns`.
+    Returns ``(arrays, stats)``: arrays ``mean``/``max``/``cls`` (``cls`` only for an encoder with a class
+    token) ``[n_ok, D]`` float32 and ``index`` ``[n_ok]``;
     stats ``clips``, ``bad``, ``seconds`` (wall, decoding included), ``clips_per_s``, ``encoder_seconds`` and
     ``encoder_clips_per_s`` (forward passes only), ``has_cls``.
     """
@@ -192,7 +212,8 @@ def extract_embeddings(encoder: Encoder, entries, preset="audioset", target_fram
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=collate_skip_bad)
     model = encoder.model.to(device)
-    n, rows = len(ds), {"cls": None, "mean": None}
+    n, rows = len(ds), {name: None for name in POOLINGS if name != "cls" or model.has_cls}
+    pad = pad_value_for(ds.preset)
     ok = np.zeros(n, bool)
     t0, t_enc, done = time.perf_counter(), 0.0, 0
     with torch.inference_mode(), tqdm(total=n, desc=desc, unit="clip", dynamic_ncols=True) as bar:
@@ -200,12 +221,14 @@ def extract_embeddings(encoder: Encoder, entries, preset="audioset", target_fram
             size = min(batch_size, n - b * batch_size)
             if batch is not None:
                 t1 = time.perf_counter()
-                out = model.forward_features(batch["fbank"].to(device), layer=layer)
+                feats = batch["fbank"].to(device)
+                columns, _, cls = column_embeddings(model, feats, window_frames=feats.shape[1], layer=layer,
+                                                    batch_size=len(feats), pad_value=pad, return_cls=True)
                 encoder.calls += 1
                 t_enc += time.perf_counter() - t1
                 idx = batch["index"].numpy()
-                for name, value in (("cls", out.cls if out.cls is not None else out.pooled),
-                                    ("mean", out.tokens.mean(dim=1))):
+                for name in rows:
+                    value = pool_columns(columns, cls, name)
                     if rows[name] is None:
                         rows[name] = np.zeros((n, value.shape[-1]), np.float32)
                     rows[name][idx] = value.float().cpu().numpy()
@@ -235,24 +258,18 @@ def cache_path(cache_dir, encoder_key: str, benchmark: str, split: str, layer: i
 
 
 def save_embeddings(path, arrays: dict, meta: dict) -> Path:
-    """Write ``arrays`` and JSON ``meta`` to ``path`` atomically (temporary file in the same folder, renamed)."""
+    """Write ``arrays`` and JSON ``meta`` to ``path`` atomically (:func:`aum.atomic.atomic_write`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays, meta=np.array(json.dumps(meta, default=str)))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: np.savez(fh, **arrays, meta=np.array(json.dumps(meta, default=str))))
     return path
 
 
 def load_embeddings(path) -> EmbeddingSet:
     """Read an embedding file written by :func:`save_embeddings`."""
     with np.load(path, allow_pickle=False) as z:
-        return EmbeddingSet(z["cls"], z["mean"], z["index"], json.loads(str(z["meta"])))
+        part = {name: (z[name] if name in z.files else None) for name in ("max", "cls")}
+        return EmbeddingSet(z["mean"], part["max"], part["cls"], z["index"], json.loads(str(z["meta"])))
 
 
 def get_embeddings(encoder: Encoder, benchmark: str, split: str, entries, cache_dir=None, preset="audioset",
@@ -283,4 +300,4 @@ def get_embeddings(encoder: Encoder, benchmark: str, split: str, entries, cache_
                    "config": encoder.model.config.to_dict(), "n_entries": len(entries), "stats": stats,
                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     save_embeddings(path, arrays, meta)
-    return EmbeddingSet(arrays["cls"], arrays["mean"], arrays["index"], meta), False
+    return EmbeddingSet(arrays["mean"], arrays["max"], arrays.get("cls"), arrays["index"], meta), False

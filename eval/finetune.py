@@ -19,6 +19,7 @@ encoder + head), ``test_metrics.json``, ``bad_files.jsonl``; and one :class:`eva
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -35,7 +36,7 @@ from omegaconf import OmegaConf
 from aum.checkpoint import feature_preset_of, read_checkpoint, save_checkpoint
 from aum.checkpoint.adapt import load_raw_into
 from aum.checkpoint.official_aum import infer_config
-from aum.cli import EXIT_OK, RunStopped, run_cli, save_run_config, stopped_message
+from aum.cli import EXIT_OK, CommandLine, RunStopped, run_cli, save_run_config, stopped_message
 from aum.config import load_config, to_dataclass
 from aum.data.datasets import collate_skip_bad, format_bad_file_report
 from aum.train.distributed import barrier, dist_env
@@ -329,40 +330,45 @@ def finetune(cfg: FinetuneConfig, manifest, init: str = "scratch", path: str | N
     return records
 
 
-def parse_args(argv) -> tuple[str, str, str, str | None, list[str]]:
-    """``(benchmark, manifest, init kind, checkpoint path or None, overrides)`` from the command line."""
-    positional, overrides, init, path, it = [], [], "scratch", None, iter(argv)
-    for word in it:
-        if word == "--init" or word.startswith("--init="):
-            init = word.partition("=")[2] or next(it, "")
-            if init not in INITS:
-                raise SystemExit(f"--init must be one of {sorted(INITS)}, got {init!r}")
-            if init != "scratch":
-                path = next(it, None)
-                if path is None or "=" in path:
-                    raise SystemExit(f"--init {init} needs a checkpoint path")
-        elif "=" in word and not word.startswith("-"):
-            overrides.append(word)
-        elif not word.startswith("-") and len(positional) < 2:
-            positional.append(word)
-        else:
-            raise SystemExit(f"unexpected argument {word!r}; usage: python -m eval.finetune BENCHMARK MANIFEST "
-                             f"--init scratch|imagenet PATH|aum PATH|ssl PATH [key=value ...]")
-    if len(positional) != 2:
-        raise SystemExit("usage: python -m eval.finetune BENCHMARK MANIFEST --init KIND [PATH] [key=value ...]")
-    return positional[0], positional[1], init, path, overrides
+class _InitAction(argparse.Action):
+    """``--init KIND [PATH]``: a kind of :data:`INITS`; ``scratch`` takes no checkpoint, the others one."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        kind, paths = values[0], values[1:]
+        if kind not in INITS:
+            parser.error(f"--init must be one of {sorted(INITS)}, got {kind!r}")
+        if kind == "scratch" and paths:
+            parser.error(f"--init scratch takes no checkpoint, got {' '.join(paths)}")
+        if kind != "scratch" and len(paths) != 1:
+            parser.error(f"--init {kind} needs a checkpoint path" if not paths else
+                         f"--init {kind} takes one checkpoint path, got {len(paths)}: {' '.join(paths)}")
+        setattr(namespace, self.dest, (kind, paths[0] if paths else None))
+
+
+def build_parser() -> CommandLine:
+    """The command line of ``python -m eval.finetune`` (:class:`aum.cli.CommandLine`): ``BENCHMARK MANIFEST
+    [--init KIND [PATH]]``, then ``key=value`` overrides of :class:`FinetuneConfig`; ``args.init`` is
+    ``(kind, checkpoint path or None)``."""
+    p = CommandLine("python -m eval.finetune", __doc__, config=FinetuneConfig, listed=("model", "run"))
+    p.add_argument("benchmark", help="a registered benchmark name or a benchmark YAML file")
+    p.add_argument("manifest", help="manifest.jsonl of python -m eval.prepare (classes.txt beside it)")
+    p.add_argument("--init", nargs="+", metavar=("KIND", "PATH"), action=_InitAction, default=("scratch", None),
+                   help=f"{' | '.join(INITS)}: scratch (default) takes no PATH, the others a checkpoint PATH")
+    return p
+
+
+def check_args(args) -> FinetuneConfig:
+    """The config a parsed command line (:func:`build_parser`) fine-tunes with, checked
+    (:func:`load_finetune_config`) without reading the manifest or building a model."""
+    return load_finetune_config(args.benchmark, args.overrides)
 
 
 def run(argv=None) -> list[ResultRecord]:
-    """Parse the command line, fine-tune, print one line per record and return the records."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or {"-h", "--help"} & set(argv):
-        print(__doc__ + "\nmodel.* and run.* keys and defaults:\n\n"
-              + OmegaConf.to_yaml({"model": asdict(ModelSpec()), "run": asdict(RunSpec())}))
-        return []
+    """Parse the command line (:func:`build_parser`; ``sys.argv[1:]`` when None), fine-tune, print one line per
+    record and return the records. ``--help`` exits 0 (``SystemExit``)."""
+    args = build_parser().parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    benchmark, manifest, init, path, overrides = parse_args(argv)
-    records = finetune(load_finetune_config(benchmark, overrides), manifest, init, path)
+    records = finetune(check_args(args), args.manifest, *args.init)
     for rec in records:
         print(f"{rec.benchmark}{'' if rec.fold is None else f' fold {rec.fold}'}: test {rec.metric} = "
               f"{rec.value:.4f} (selected epoch {rec.extra['best_epoch']:.0f} on validation)")

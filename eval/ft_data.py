@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from aum.audio.features import epic_logmel, fbank, get_preset, normalize, pad_or_cut, pad_to_one_frame
+from aum.audio.frames import EPIC_SAMPLE_RATE, samples_for_frames
 from aum.audio.io import resample, validate_waveform
-from aum.data.datasets import AudioClipDataset, _crop_samples, _key, _reason
-from aum.audio.features import epic_logmel, fbank, get_preset, normalize, pad_or_cut
+from aum.data.datasets import AudioClipDataset, bad_file_reason, epoch_index
 from eval.augment import (epic_spec_augment, mix_targets, mix_waves, mixup_lambda, noise_and_roll, spec_augment,
                           time_warp)
 from eval.prepare.common import CLASSES, PrepareError, read_classes
@@ -201,11 +201,11 @@ class FinetuneDataset(AudioClipDataset):
     def _load(self, entry: dict) -> torch.Tensor:
         sr = self.sample_rate
         if "hdf5_key" in entry:
-            start = int(entry.get("start_sample", round(entry.get("start", 0) * 24000)))
-            stop = int(entry.get("stop_sample", round(entry["stop"] * 24000)))
+            start = int(entry.get("start_sample", round(entry.get("start", 0) * EPIC_SAMPLE_RATE)))
+            stop = int(entry.get("stop_sample", round(entry["stop"] * EPIC_SAMPLE_RATE)))
             wave = read_hdf5_segment(entry["path"], entry["hdf5_key"], start, stop)
             wave = validate_waveform(wave, f"{entry['path']}:{entry['hdf5_key']}")
-            return resample(wave, 24000, sr) if sr != 24000 else wave
+            return resample(wave, EPIC_SAMPLE_RATE, sr) if sr != EPIC_SAMPLE_RATE else wave
         return super()._load(entry)
 
     def _crop(self, wave: torch.Tensor, rng) -> torch.Tensor:
@@ -220,7 +220,7 @@ class FinetuneDataset(AudioClipDataset):
             window = round(bench.train_window_s * self.sample_rate)
             long = self.train and wave.numel() > window
             off = int(rng.integers(0, wave.numel() - window + 1)) if long else 0
-            keep = _crop_samples(self.crop_frames + 1, self.sample_rate, self.preset)
+            keep = samples_for_frames(self.crop_frames + 1, self.preset.kind, self.sample_rate)
             return wave[off:off + min(window, keep)]
         if wave.numel() <= n:
             return wave
@@ -229,7 +229,7 @@ class FinetuneDataset(AudioClipDataset):
 
     def _features(self, wave: torch.Tensor) -> torch.Tensor:
         p = self.preset
-        wave = F.pad(wave, (0, max(0, _crop_samples(1, self.sample_rate, p) - wave.numel())))
+        wave = pad_to_one_frame(wave, self.sample_rate, p)
         raw = fbank(wave, self.sample_rate) if p.kind == "kaldi" else epic_logmel(wave, self.sample_rate)
         return pad_or_cut(raw, self.crop_frames, p.pad_mode)
 
@@ -244,7 +244,7 @@ class FinetuneDataset(AudioClipDataset):
 
     def __getitem__(self, key):
         """Item for ``position`` or ``(epoch, position)``; ``None`` when its file is bad (logged)."""
-        epoch, position = _key(key, self.epoch, len(self.entries))
+        epoch, position = epoch_index(key, self.epoch, len(self.entries))
         index = self._position(epoch, position)
         rng = np.random.default_rng([self.seed, epoch, position])
         self._check_usable()          # raises once only bad files were seen (aum.data.MAX_BAD_LOADS)
@@ -263,8 +263,8 @@ class FinetuneDataset(AudioClipDataset):
                 lam = mixup_lambda(rng, r.mixup_alpha)
                 wave, target = mix_waves(wave, partner, lam), mix_targets(target, self.target(other), lam)
             except (OSError, ValueError, RuntimeError, EOFError, KeyError) as e:
-                self.bad_files.record(self.entries[other]["path"], _reason(e), f"{type(e).__name__}: {e}", other,
-                                      epoch)
+                self.bad_files.record(self.entries[other]["path"], bad_file_reason(e), f"{type(e).__name__}: {e}",
+                                      other, epoch)
         feats = self._features(wave)
         if self.train:
             feats = time_warp(feats, rng, r.time_warp)

@@ -1,4 +1,5 @@
-"""Linear classifiers on frozen embeddings: logistic regression, its regularisation search, and the metrics.
+"""Linear classifiers on frozen embeddings: logistic regression, its regularisation search, and its scoring
+(with the metrics of :mod:`eval.metrics`, the ones fine-tuning reports).
 
 Single-label: ``StandardScaler -> LogisticRegression(C)`` (multinomial, lbfgs). Multi-label: ``StandardScaler ->
 OneVsRestClassifier(LogisticRegression(C))``, or :class:`TorchLinearProbe` (one linear layer, BCE, the same
@@ -15,11 +16,12 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
+
+from eval.metrics import mean_average_precision
 
 C_GRID = tuple(10.0 ** np.arange(-4, 3))   # 1e-4 ... 1e2
 CLASSIFIERS = ("sklearn", "torch")
@@ -101,18 +103,11 @@ def scores_of(probe, X) -> np.ndarray:
 
 @single_threaded_blas
 def evaluate(probe, X, Y, multilabel: bool) -> float:
-    """Accuracy (single-label, ``Y`` class indices) or macro mAP over classes with a positive (multi-label)."""
+    """Accuracy (single-label, ``Y`` class indices) or mAP (multi-label, :func:`eval.metrics.mean_average_precision`:
+    the fine-tuning metric, classes without a positive in ``Y`` left out)."""
     if multilabel:
         return mean_average_precision(np.asarray(Y), scores_of(probe, X))
     return float(np.mean(probe.predict(X) == np.asarray(Y)))
-
-
-def mean_average_precision(Y: np.ndarray, scores: np.ndarray) -> float:
-    """Mean over classes of average precision, skipping classes without a positive in ``Y`` (AudioSet mAP)."""
-    keep = Y.sum(axis=0) > 0
-    if not keep.any():
-        raise ValueError("no class has a positive example: mAP is undefined")
-    return float(average_precision_score(Y[:, keep], scores[:, keep], average="macro"))
 
 
 @single_threaded_blas

@@ -11,12 +11,15 @@ The encoder is frozen; clip embeddings are extracted once per (encoder, benchmar
 
 ``MANIFEST`` is JSON lines / CSV (``path``, ``labels`` list or ``label``, optional ``start``/``stop`` s,
 ``split``, ``fold``), or a dataset folder: the ESC-10 pack (``meta.csv`` with ``filename``, ``fold`` and
-``label`` or ``category``) or the ESC-50 layout (``meta/esc50.csv`` + ``audio/``; ``esc10`` keeps its ESC-10 rows).
+``label`` or ``category``) or the ESC-50 layout (``meta/esc50.csv`` + ``audio/``; ``esc10`` keeps its ESC-10 rows),
+read by :func:`eval.prepare.esc50.read_meta`.
 
 Embedding (``--embedding``): ``mean`` (default: mean of the patch-token outputs; the self-supervised objectives
 train the patch tokens, while the class token only means something after supervised training), ``cls`` (the
-class-token output, what AuM's classifier reads) or ``both`` (the two concatenated). ``--layer N`` probes the
-output of block N (through the final norm) instead of the last one.
+class-token output, what AuM's classifier reads), ``max`` (element-wise maximum over the clip's columns), or
+several joined by ``+`` and concatenated (``cls+mean``, alias ``both``; ``mean+max``): the pooling vocabulary of
+:mod:`aum.embed`, which builds the embeddings (:mod:`eval.embeddings`). ``--layer N`` probes the output of block N
+(through the final norm) instead of the last one. AuM and DASS encoders (``--random dass_tiny``) alike.
 
 Features: a ``--checkpoint`` is fed the feature preset it records (:func:`aum.checkpoint.feature_preset_of`;
 ``audioset`` with one warning for a file that records none), a ``--random`` encoder the benchmark's;
@@ -25,7 +28,6 @@ Features: a ``--checkpoint`` is fed the feature preset it records (:func:`aum.ch
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import logging
 import statistics
@@ -37,15 +39,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aum.cli import run_cli
+from aum.cli import CommandLine, UsageError, run_cli
 from aum.checkpoint import feature_preset_of
 from aum.data.datasets import read_manifest
 from aum.audio.features import FbankConfig, get_preset
-from aum.models import PRESETS
-from eval.embeddings import DEFAULT_EMBEDDING, EMBEDDINGS, Encoder, get_embeddings
+from aum.models import list_models
+from aum.models.registry import model_name
+from eval.embeddings import DEFAULT_EMBEDDING, Encoder, embedding_kind, get_embeddings
 from eval.ft_data import check_entries, manifest_classes
 from eval.linear import C_GRID, CLASSIFIERS, evaluate, fit_probe, inner_splits, select_regularisation
+from eval.prepare.esc50 import read_meta
 from eval.records import INITS, ResultRecord, write_record
+from eval.registry import METRICS, get_benchmark
 
 log = logging.getLogger(__name__)
 TRAIN, VALID, TEST = ("train",), ("valid", "val", "validation", "dev"), ("test", "eval", "evaluation")
@@ -69,25 +74,8 @@ class ProbeBenchmark:
         return self.multilabel
 
 
-# Used when eval.registry does not know a benchmark. ESC clips are 5 s (498 frames), padded to 512 as in AST.
-FALLBACK_BENCHMARKS = {b.name: b for b in (
-    ProbeBenchmark("esc10", folds=5, target_frames=512, num_classes=10),
-    ProbeBenchmark("esc50", folds=5, target_frames=512, num_classes=50),
-    ProbeBenchmark("speechcommands", preset="speechcommands", target_frames=128, num_classes=35),
-    ProbeBenchmark("audioset", multilabel=True, metric="mAP", num_classes=527),
-    ProbeBenchmark("audioset20k", multilabel=True, metric="mAP", num_classes=527),
-    ProbeBenchmark("vggsound", preset="vggsound", num_classes=309),
-    ProbeBenchmark("voxceleb", preset="voxceleb", num_classes=1251),
-    ProbeBenchmark("epic_sounds", preset="epic_sounds", num_classes=44),
-)}
-
-
 def _from_registry(name: str) -> ProbeBenchmark | None:
     """The benchmark as :func:`eval.registry.get_benchmark` describes it, or None when it is not registered."""
-    try:
-        from eval.registry import get_benchmark
-    except ImportError:
-        return None
     try:
         spec = get_benchmark(name)
     except (KeyError, FileNotFoundError):
@@ -97,10 +85,10 @@ def _from_registry(name: str) -> ProbeBenchmark | None:
 
 
 def benchmark_info(name: str, **overrides) -> ProbeBenchmark:
-    """Properties of benchmark ``name`` (:mod:`eval.registry`, else :data:`FALLBACK_BENCHMARKS`); ``overrides``
+    """Properties of benchmark ``name`` from :mod:`eval.registry` (the one table of benchmark facts); ``overrides``
     (non-None fields) win. An unknown name needs every property given: it gets the defaults otherwise."""
     key = name.lower().replace("-", "_")
-    info = _from_registry(key) or FALLBACK_BENCHMARKS.get(key)
+    info = _from_registry(key)
     if info is None:
         log.warning("benchmark %r is unknown: using single-label accuracy, audioset features, 1024 frames "
                     "unless given on the command line", name)
@@ -112,8 +100,6 @@ def probe_benchmark(args: argparse.Namespace) -> ProbeBenchmark:
     """The benchmark properties a parsed command line (:func:`build_parser`) probes with, checked without
     reading audio: ``ValueError`` for a metric or feature preset that does not exist (naming the flag and the
     valid values)."""
-    from aum.audio.features import get_preset
-    from eval.registry import METRICS
     info = benchmark_info(args.benchmark, multilabel=args.multilabel, metric=args.metric, preset=args.preset,
                           target_frames=args.frames, folds=args.folds)
     if info.metric not in METRICS:
@@ -137,29 +123,13 @@ def checkpoint_preset(info: ProbeBenchmark, checkpoint, explicit: str | None = N
     return chosen
 
 
-def entries_from_pack(folder, benchmark: str = "esc10") -> list[dict]:
-    """Manifest entries of an ESC-style dataset folder: ``meta.csv`` (``filename``, ``fold``, ``label`` or
-    ``category``) or ESC-50's ``meta/esc50.csv`` (for ``esc10``, only its rows with ``esc10`` true). Paths are
-    absolute; ``split`` is ``fold<k>`` as in the manifests of :mod:`eval.prepare`."""
-    folder = Path(folder)
-    meta = folder / "meta.csv" if (folder / "meta.csv").is_file() else folder / "meta" / "esc50.csv"
-    if not meta.is_file():
-        raise FileNotFoundError(f"{folder}: neither meta.csv nor meta/esc50.csv found; pass a manifest instead")
-    with open(meta, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "filename" not in rows[0] or "fold" not in rows[0]:
-        raise ValueError(f"{meta}: expected columns filename, fold and label/category")
-    label_col = "category" if "category" in rows[0] else "label"
-    audio = folder if meta.parent == folder else folder / "audio"
-    if benchmark.lower() == "esc10" and "esc10" in rows[0]:
-        rows = [r for r in rows if r["esc10"].strip().lower() == "true"]
-    return [{"path": str((audio / r["filename"]).resolve()), "labels": [r[label_col]], "fold": int(r["fold"]),
-             "split": f"fold{int(r['fold'])}"} for r in rows]
-
-
 def load_entries(source, benchmark: str) -> list[dict]:
-    """Entries of a manifest file (:func:`aum.data.read_manifest`) or of a dataset folder (:func:`entries_from_pack`)."""
-    return entries_from_pack(source, benchmark) if Path(source).is_dir() else read_manifest(source)
+    """Entries of a manifest file (:func:`aum.data.read_manifest`) or of an ESC dataset folder (the ESC-10 / ESC-50
+    pack or download, :func:`eval.prepare.esc50.read_meta`; ``esc10`` keeps the ESC-10 rows of an ESC-50 table).
+    Clips a folder lists but lacks stay in: they are skipped and logged when embedded."""
+    if not Path(source).is_dir():
+        return read_manifest(source)
+    return read_meta(source, "esc10" if benchmark.lower() == "esc10" else "esc50").entries
 
 
 def _labels(entry: dict) -> list[str]:
@@ -183,13 +153,6 @@ def encode_labels(entries, multilabel: bool) -> tuple[np.ndarray, list[str]]:
         bad = next(e["path"] for e, ls in zip(entries, labels) if len(ls) != 1)
         raise ValueError(f"single-label benchmark, but {bad} has several labels; is it multi-label?")
     return np.array([pos[ls[0]] for ls in labels]), classes
-
-
-def model_name(config: dict) -> str:
-    """A short name for an encoder config: the preset (``tiny``/``small``/``base``), ``-d<depth>`` when not 24."""
-    preset = next((n for n, p in PRESETS.items() if p["embed_dim"] == config.get("embed_dim")), None)
-    name = preset or f"D{config.get('embed_dim')}"
-    return name + ("" if config.get("depth", 24) == 24 else f"-d{config.get('depth')}")
 
 
 def _split_of(entry: dict) -> str:
@@ -310,18 +273,20 @@ def run_probe(info: ProbeBenchmark, entries, encoder: Encoder, args) -> list[Res
     return records
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m eval.probe``."""
-    p = argparse.ArgumentParser(prog="python -m eval.probe", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> CommandLine:
+    """The command line of ``python -m eval.probe`` (:class:`aum.cli.CommandLine`; flags only, no config)."""
+    p = CommandLine("python -m eval.probe", __doc__.split("\n\n")[0])
     p.add_argument("benchmark", help="benchmark name, e.g. esc10, esc50, speechcommands, audioset20k")
     p.add_argument("manifest", help="JSON-lines/CSV manifest, or a dataset folder (ESC-10 pack, ESC-50 layout)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="encoder checkpoint (ours, official .pth, HF folder, Vim)")
-    src.add_argument("--random", metavar="PRESET", choices=sorted(PRESETS), help="randomly initialised preset")
+    src.add_argument("--random", metavar="PRESET", choices=list_models("all"),
+                     help="randomly initialised preset (AuM or DASS)")
     p.add_argument("--init", choices=INITS, help="how the encoder started (required with --checkpoint; "
                                                  "default scratch with --random)")
-    p.add_argument("--embedding", choices=EMBEDDINGS, default=DEFAULT_EMBEDDING, help="default: %(default)s")
+    p.add_argument("--embedding", type=embedding_kind, default=DEFAULT_EMBEDDING,
+                   help="clip pooling: mean, max, cls or several joined by + (cls+mean, alias both); "
+                        "default: %(default)s")
     p.add_argument("--layer", type=int, help="probe the output of this block (1..depth); default: the last")
     p.add_argument("--out", default="results/probe", help="folder for the result records (default: %(default)s)")
     p.add_argument("--cache", help="embedding cache folder (default: $AUM_CACHE/embeddings or ~/.cache/aum/embeddings)")
@@ -338,9 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads); on a shared machine 1 "
                                                "can be several times faster than the default")
-    p.add_argument("--debug", action="store_true",                     # taken out by aum.cli.run_cli
-                   help="show the traceback of an input error")
-    g = p.add_argument_group("benchmark properties (default: from eval.registry or the built-in table)")
+    g = p.add_argument_group("benchmark properties (default: from eval.registry)")
     g.add_argument("--multilabel", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--metric", help="accuracy or mAP")
     g.add_argument("--folds", type=int, help="number of cross-validation folds (0: splits)")
@@ -348,6 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
                                     "benchmark's)")
     g.add_argument("--frames", type=int, help="target frames per clip")
     return p
+
+
+def check_args(args: argparse.Namespace) -> ProbeBenchmark:
+    """The benchmark properties a parsed command line (:func:`build_parser`) probes with
+    (:func:`probe_benchmark`), checked without building the encoder or reading audio; :class:`aum.cli.UsageError`
+    for a ``--checkpoint`` without its ``--init``."""
+    if args.checkpoint and not args.init:
+        raise UsageError("--init is required with --checkpoint (scratch, imagenet, ssl or official)")
+    return probe_benchmark(args)
 
 
 def main(argv=None) -> int:
@@ -359,13 +331,11 @@ def main(argv=None) -> int:
 
 def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    if args.checkpoint and not args.init:
-        raise SystemExit("--init is required with --checkpoint (scratch, imagenet, ssl or official)")
+    args = build_parser().parse(argv)
+    info = check_args(args)
     args.init = args.init or "scratch"
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = probe_benchmark(args)
     if args.checkpoint:
         info = dataclasses.replace(info, preset=checkpoint_preset(info, args.checkpoint, args.preset))
     entries = load_entries(args.manifest, info.name)

@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from aum.atomic import atomic_write_text
 
 MODES = ("finetune", "probe", "hear")
 INITS = ("scratch", "imagenet", "ssl", "official")
@@ -70,14 +71,7 @@ def write_record(record: ResultRecord, folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / record.filename()
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(record), fh, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(asdict(record), indent=2, default=str))
     return path
 
 

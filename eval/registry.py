@@ -73,7 +73,7 @@ class BenchmarkSpec:
 @dataclass
 class Recipe:
     """A fine-tuning recipe in epochs (see :func:`engine_settings`). ``official`` marks the values of the AuM
-    scripts (reference section 3); ``notes`` says where the rest come from. ``mask_style`` picks how the
+    scripts (docs/models.md, "Fine-tuning recipes"); ``notes`` says where the rest come from. ``mask_style`` picks how the
     ``freqm`` / ``timem`` masks are drawn: ``torchaudio`` (AST/AuM, :func:`eval.augment.spec_augment`) or ``epic``
     (the EPIC-Sounds code, :func:`eval.augment.epic_spec_augment`, about half as wide)."""
 

@@ -12,7 +12,6 @@ the sample standard deviation (ddof=1). Values are scaled by ``--scale`` (defaul
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from aum.cli import CommandLine, run_cli
 from eval.records import INITS, MODES, ResultRecord, read_records
 
 MISSING = "-"
@@ -174,16 +174,27 @@ def write_tables(folder, out=None, scale: float = 100.0, digits: int = 2, benchm
     return written
 
 
-def main(argv=None) -> int:
-    """Entry point of ``aum-results`` / ``python -m eval.results``: writes the tables and prints the Markdown."""
-    p = argparse.ArgumentParser(prog="aum-results", description=__doc__.split("\n\n")[0])
+def build_parser() -> CommandLine:
+    """The command line of ``aum-results`` (:class:`aum.cli.CommandLine`)."""
+    p = CommandLine("aum-results", __doc__.split("\n\n")[0])
     p.add_argument("folder", help="folder of result records (*.json, searched recursively)")
     p.add_argument("--out", help="where to write the tables (default: FOLDER/tables)")
     p.add_argument("--scale", type=float, default=100.0, help="multiply values (default 100: percent)")
     p.add_argument("--digits", type=int, default=2)
     p.add_argument("--benchmarks", type=lambda s: [b for b in s.split(",") if b], default=[],
                    help="comma-separated benchmarks that get a row even without records")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    """Entry point of ``aum-results`` / ``python -m eval.results``: writes the tables and prints the Markdown.
+    Returns the exit status: 0 done, 1 no records found, 2 a usage error (:func:`aum.cli.run_cli`)."""
+    return run_cli("aum-results", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    p = build_parser()
+    args = p.parse(argv)
     if not Path(args.folder).is_dir():
         p.error(f"no such folder: {args.folder}")
     written = write_tables(args.folder, args.out, args.scale, args.digits, args.benchmarks)

@@ -133,9 +133,8 @@ def _model_facts(checkpoint: str, options: dict) -> dict:
         init = {"official": "official", "hf": "official", "vim": "imagenet"}.get(raw.kind, "scratch")
         if raw.kind == "aum" and raw.metadata.get("objective"):
             init = "ssl"
-    from aum.models import PRESETS
-    preset = next((n for n, p in PRESETS.items() if p["embed_dim"] == cfg["embed_dim"]), f"D{cfg['embed_dim']}")
-    name = preset + ("" if cfg["depth"] == 24 else f"-d{cfg['depth']}")
+    from aum.models.registry import model_name
+    name = model_name(cfg, family=model.encoder.family)
     return {"describe": model.describe(), "init": init, "model": name, "trained": model.trained}
 
 

@@ -1,4 +1,4 @@
-"""The model object :func:`hear_api.load_model` returns: an AuM encoder plus how to turn audio into
+"""The model object :func:`hear_api.load_model` returns: an AuM or DASS encoder plus how to turn audio into
 HEAR embeddings (feature preset, layer, pooling, timestamp hop). The computation itself lives in the
 library (:mod:`aum.embed`)."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 from aum.checkpoint import feature_preset_of, load_checkpoint
-from aum.embed import check_audio_batch, embed_waveform, parse_pooling, scene_embedding
+from aum.embed import check_audio_batch, column_width, embed_waveform, parse_pooling, pooled_width, scene_embedding
 from aum.audio.features import FbankConfig, get_preset
-from aum.models import AuM, create_model
+from aum.models import AuM, DASS, create_model, list_models
 
 
 SAMPLE_RATE = 16000
@@ -25,15 +25,17 @@ OPTIONS_ENV = "AUM_HEAR_OPTIONS"
 class EmbeddingOptions:
     """How audio becomes HEAR embeddings; every field can be set with heareval's ``--model-options``.
 
-    - ``layer``: encoder layer to read (1..depth; ``None`` = the last, through the final norm).
+    - ``layer``: encoder layer to read (1..``num_layers``: AuM blocks, DASS blocks across its stages; ``None`` =
+      the last, through the final norm).
     - ``combine``: how the frequency patches of one time column become one vector: ``"mean"`` (``D``
       values) or ``"concat"`` (``F' * D``, e.g. 8 x 192 = 1536 for tiny).
     - ``scene``: clip pooling for scene embeddings: ``"mean"`` or ``"max"`` over the columns, ``"cls"`` (class
       token), or several joined by ``+`` and concatenated (``"mean+max"``: the pooling of the HEAR naive
       baselines; ``"cls+mean"``).
     - ``hop_ms`` / ``fine``: timestamp hop and how it is made: ``"shift"`` (default, 40 ms: the encoder on
-      4 copies shifted by 4 frames, every vector a real patch column; 4x cost), ``"interp"`` (one pass,
-      linear interpolation of the 160 ms columns), ``"native"`` (one pass, 160 ms, ``hop_ms`` ignored).
+      4 copies shifted by 4 frames, every vector a real patch column; 4x cost; DASS, with 320 ms columns: 8
+      copies), ``"interp"`` (one pass, linear interpolation of the native columns), ``"native"`` (one pass, the
+      encoder's column step: 160 ms for AuM, 320 ms for DASS; ``hop_ms`` ignored).
     - ``window`` / ``window_hop``: encoder window and its hop in frames for long audio (default: the
       model's ``target_frames`` and half of it); ``pad_to_window``: pad shorter clips to one window as in
       AuM training (default) rather than encode them at their own length.
@@ -68,13 +70,14 @@ class EmbeddingOptions:
 
 
 class HearAuM(torch.nn.Module):
-    """An AuM encoder wrapped for the HEAR API: ``sample_rate`` (16000), ``scene_embedding_size`` and
+    """An AuM or DASS encoder wrapped for the HEAR API (any encoder that describes itself: ``num_layers``,
+    ``has_cls``, ``layer_dim``, ``token_grid``, ... - see :mod:`aum.embed`): ``sample_rate`` (16000), ``scene_embedding_size`` and
     ``timestamp_embedding_size`` (ints), ``options`` (:class:`EmbeddingOptions`), ``source`` (where the
     weights came from) and ``trained`` (False for the random default). Moving it (``.to``) moves the encoder."""
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, encoder: AuM, options: EmbeddingOptions | None = None, source: str = "",
+    def __init__(self, encoder: AuM | DASS, options: EmbeddingOptions | None = None, source: str = "",
                  trained: bool = True, preset: str | FbankConfig | None = None):
         super().__init__()
         self.encoder = encoder.eval()
@@ -87,16 +90,13 @@ class HearAuM(torch.nn.Module):
         if self.feature_preset.kind != "kaldi":
             raise ValueError(f"feature preset {self.preset!r} is not a 16 kHz Kaldi preset; the HEAR wrapper "
                              f"supports audioset, vggsound, voxceleb, speechcommands, none")
-        c = encoder.config
-        if self.options.layer is not None and not 1 <= self.options.layer <= c.depth:
-            raise ValueError(f"layer must be in 1..{c.depth}, got {self.options.layer}")
-        if "cls" in parse_pooling(self.options.scene) and c.cls_position == "none":
-            raise ValueError(f"scene={self.options.scene!r} needs a class token; this encoder has none")
-        rows = (c.num_mel_bins - c.patch_size[0]) // c.patch_stride[0] + 1
-        col = c.embed_dim * (rows if self.options.combine == "concat" else 1)
-        self.timestamp_embedding_size = int(col)
-        self.scene_embedding_size = int(sum(c.embed_dim if name == "cls" else col
-                                            for name in parse_pooling(self.options.scene)))
+        o, depth = self.options, encoder.num_layers
+        if o.layer is not None and not 1 <= o.layer <= depth:
+            raise ValueError(f"layer must be in 1..{depth}, got {o.layer}")
+        if "cls" in parse_pooling(o.scene) and not encoder.has_cls:
+            raise ValueError(f"scene={o.scene!r} needs a class token; this encoder has none")
+        self.timestamp_embedding_size = column_width(encoder, o.layer, o.combine)
+        self.scene_embedding_size = pooled_width(encoder, o.scene, o.layer, o.combine)
 
     @property
     def device(self) -> torch.device:
@@ -187,12 +187,14 @@ def build(model_file_path: str = "", **options) -> HearAuM:
         encoder = load_checkpoint(path, map_location="cpu")
         return HearAuM(encoder, opts, source=os.path.abspath(path), trained=True)
     torch.manual_seed(seed)
+    if depth is not None and arch in list_models("dass"):
+        raise ValueError(f"depth is an AuM option; {arch!r} is a DASS preset (its depths are the preset's)")
     overrides = {"depth": int(depth)} if depth is not None else {}
     encoder = create_model(arch, **overrides).eval()
     _loud_warning(
         f"hear_api.load_model: no checkpoint given: using the DEFAULT, a RANDOMLY INITIALISED, UNTRAINED "
-        f"AuM-{arch} encoder (depth {encoder.config.depth}, seed {seed}). Its embeddings are a chance-level "
-        f"baseline, not a pretrained model. Pass a checkpoint path (hear-validator -m / heareval --model) or "
-        f"set ${DEFAULT_ENV}.")
-    return HearAuM(encoder, opts, source=f"random:{arch}:depth={encoder.config.depth}:seed={seed}",
+        f"{type(encoder).__name__} {arch} encoder ({encoder.num_layers} layers, seed {seed}). Its embeddings are "
+        f"a chance-level baseline, not a pretrained model. Pass a checkpoint path (hear-validator -m / heareval "
+        f"--model) or set ${DEFAULT_ENV}.")
+    return HearAuM(encoder, opts, source=f"random:{arch}:depth={encoder.num_layers}:seed={seed}",
                    trained=False, preset="audioset")

@@ -8,7 +8,9 @@ same options as ``hear_api.load_model``: ``combine``, ``scene``, ``pad_to_window
 labelled manifest (``path`` and ``label`` columns; e.g. ESC-50 classes outside ESC-10) at several layers in
 one pass of the encoder, scores each layer by stratified k-fold logistic regression (standardised features),
 prints the table, writes it as JSON (``--out``) and names the best layer (ties: the deeper layer). Unreadable
-clips are skipped, counted and named.
+clips are skipped, counted and named. Clips are read as the linear probes read them
+(:class:`eval.embeddings.ClipFeatures`, whole clips), embedded by :func:`aum.embed.scene_from_features` and scored
+with the probes' classifier (:func:`eval.linear.fit_probe`), so AuM and DASS checkpoints alike.
 """
 from __future__ import annotations
 
@@ -21,54 +23,51 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from aum.audio.io import load_audio
-from aum.data.datasets import read_manifest
-from aum.embed import scene_embedding
-from hear_api.model import SAMPLE_RATE, build
+from aum.data.datasets import collate_skip_bad, read_manifest
+from aum.embed import pad_value_for, scene_from_features
+from eval.embeddings import ClipFeatures
+from eval.linear import evaluate, fit_probe, inner_splits
+from hear_api.model import build
 
 
-def layer_embeddings(model, paths: list[str], layers: list[int]) -> tuple[dict[int, np.ndarray], list[int], list]:
-    """Scene embeddings ``{layer: [n_ok, D]}`` of the clips at ``paths`` (one encoder pass per clip), the
-    indices of the clips that were read, and ``(path, error)`` for those that could not be."""
+def layer_embeddings(model, entries: list[dict], layers: list[int]) -> tuple[dict[int, np.ndarray], list[int], list]:
+    """Scene embeddings ``{layer: [n_ok, D]}`` of the manifest ``entries`` (whole clips, one encoder pass per
+    window for all layers), the indices of the entries that were read, and ``(path, error)`` for those that
+    could not be."""
     o = model.options
+    clips = ClipFeatures(entries, model.feature_preset, target_frames=None)
+    loader = torch.utils.data.DataLoader(clips, batch_size=1, collate_fn=collate_skip_bad)
     rows: dict[int, list[np.ndarray]] = {n: [] for n in layers}
-    ok, bad = [], []
-    for i, path in enumerate(tqdm(paths, desc="embeddings", unit="clip", dynamic_ncols=True)):
-        try:
-            wave = load_audio(path, SAMPLE_RATE)
-        except (OSError, ValueError, RuntimeError) as err:
-            bad.append((path, f"{type(err).__name__}: {err}"))
+    ok = []
+    for item in tqdm(loader, desc="embeddings", unit="clip", dynamic_ncols=True):
+        if item is None:
             continue
-        outs = scene_embedding(model.encoder, wave.to(model.device), SAMPLE_RATE, preset=model.feature_preset,
-                               pooling=o.scene, window_frames=o.window, hop_frames=o.window_hop, layer=layers,
-                               combine=o.combine, batch_size=o.batch_size, pad_to_window=o.pad_to_window)
+        outs = scene_from_features(model.encoder, item["fbank"].to(model.device), o.scene, layers, o.window,
+                                   o.window_hop, o.combine, o.batch_size, pad_value_for(model.feature_preset),
+                                   o.pad_to_window)
         for n, emb in zip(layers, outs):
-            rows[n].append(emb.cpu().numpy())
-        ok.append(i)
+            rows[n].append(emb[0].cpu().numpy())
+        ok.append(int(item["index"][0]))
+    bad = [(r["path"], r["error"]) for r in clips.bad_files.records]
     if not ok:
-        raise RuntimeError(f"none of the {len(paths)} clips could be read; first error: {bad[0]}")
+        raise RuntimeError(f"none of the {len(entries)} clips could be read; first error: {bad[0]}")
     return {n: np.stack(v) for n, v in rows.items()}, ok, bad
 
 
 def score_layers(embeddings: dict[int, np.ndarray], labels: list[str], folds: int = 5, c: float = 1.0,
                  seed: int = 0) -> dict[int, dict]:
-    """``{layer: {"mean", "std", "folds"}}``: stratified ``folds``-fold accuracy of a logistic regression
-    (inverse regularisation ``c``) on standardised embeddings; the same splits for every layer."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
+    """``{layer: {"mean", "std", "folds"}}``: stratified ``folds``-fold accuracy of the linear probe of
+    :mod:`eval.linear` (standardised embeddings, logistic regression with inverse regularisation ``c``); the same
+    splits for every layer."""
     y = np.asarray(labels)
     counts = np.unique(y, return_counts=True)[1]
     if len(counts) < 2 or counts.min() < folds:
         raise ValueError(f"need at least 2 classes with >= {folds} clips each for {folds}-fold selection, "
                          f"got class sizes {sorted(counts.tolist())}")
-    splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(y, y))
+    splits = inner_splits(y=y, n_splits=folds, seed=seed)             # stratified: every class has >= folds
     out = {}
     for n, x in embeddings.items():
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000))
-        acc = cross_val_score(clf, x, y, cv=splits)
+        acc = np.array([evaluate(fit_probe(x[tr], y[tr], c, False), x[te], y[te], False) for tr, te in splits])
         out[n] = {"mean": float(acc.mean()), "std": float(acc.std(ddof=1)), "folds": acc.round(4).tolist()}
     return out
 
@@ -96,14 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(options, dict) or "layer" in options:
         ap.error("--model-options must be a JSON object without 'layer' (that is what is selected)")
     model = build("" if a.checkpoint == "random" else a.checkpoint, **options)
-    depth = model.encoder.config.depth
+    depth = model.encoder.num_layers
     layers = ([int(x) for x in a.layers.split(",")] if a.layers
               else sorted(set(range(4, depth + 1, 4)) | {depth}))
     entries = read_manifest(a.manifest)
     unlabelled = [e["path"] for e in entries if not e.get("label")]
     if unlabelled:
         ap.error(f"{a.manifest}: {len(unlabelled)} entries without a label, e.g. {unlabelled[0]}")
-    embeddings, ok, bad = layer_embeddings(model, [e["path"] for e in entries], layers)
+    embeddings, ok, bad = layer_embeddings(model, entries, layers)
     for path, err in bad:
         print(f"skipped {path}: {err}", file=sys.stderr)
     scores = score_layers(embeddings, [entries[i]["label"] for i in ok], folds=a.folds, c=a.c)

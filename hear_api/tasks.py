@@ -30,22 +30,29 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from aum.audio.io import load_audio, resample
+from aum.audio.io import resample
 from aum.cli import run_cli
-from aum.data.datasets import read_manifest
-from aum.audio.synth import SOUND_NAMES, _background, _finish, generate_labelled_clip, make_event
+from aum.data.datasets import load_clip, read_manifest
+from aum.audio.synth import SOUND_NAMES, background_noise, finish_mix, generate_labelled_clip, make_event
+from eval.prepare import esc50
 
 __all__ = ["write_task", "manifest_task", "esc10_task", "synth_event_task", "synth_scene_task",
            "check_task", "main"]
 
 SCENE_METRICS = ("top1_acc",)
 EVENT_METRICS = ("event_onset_200ms_fms", "segment_1s_er")
-ESC10_LABELS = ("dog", "rooster", "rain", "sea_waves", "crackling_fire", "crying_baby", "sneezing",
-                "clock_tick", "helicopter", "chainsaw")
 
 
 def _fold_names(n: int) -> list[str]:
+    """HEAR's names of ``n`` k-fold splits, ``fold00 ...``. They exist only in the task files written here: our
+    manifests name folds ``fold1 ...`` (:mod:`eval.prepare`), converted by :func:`_hear_folds`."""
     return [f"fold{i:02d}" for i in range(n)]
+
+
+def _hear_folds(values) -> dict[str, str]:
+    """Our fold values (numbers, or ``fold<k>`` names) -> HEAR's split names: ``fold00 ...`` in natural order."""
+    ordered = sorted({str(v).strip() for v in values}, key=_natural)
+    return dict(zip(ordered, _fold_names(len(ordered))))
 
 
 def _audio_of(clip: dict, sr: int) -> np.ndarray:
@@ -54,11 +61,7 @@ def _audio_of(clip: dict, sr: int) -> np.ndarray:
         src_sr = int(clip.get("sample_rate", sr))
         wave = resample(wave, src_sr, sr) if src_sr != sr else wave
     else:
-        wave = load_audio(clip.get("audio") or clip["path"], sr)
-        if "start" in clip or "stop" in clip:
-            a = int(round(float(clip.get("start", 0.0)) * sr))
-            b = int(round(float(clip["stop"]) * sr)) if "stop" in clip else None
-            wave = wave[a:b]
+        wave = load_clip({**clip, "path": clip.get("audio") or clip["path"]}, sr)
     return wave.numpy().astype(np.float32)
 
 
@@ -78,7 +81,7 @@ def write_task(out_dir, task_name: str, clips: Iterable[dict], *, embedding_type
 
     ``clips``: dicts with ``split`` (``train``/``valid``/``test`` for ``split_mode="trainvaltest"``, or
     ``fold00 ...`` for ``"presplit_kfold"``/``"new_split_kfold"``), ``name`` (the WAV's file name; default
-    the source file's stem + ``.wav``), the audio as ``path`` (any file :func:`aum.audio.load_audio` reads,
+    the source file's stem + ``.wav``), the audio as ``path`` (read by :func:`aum.data.datasets.load_clip`,
     optionally cut to ``start``/``stop`` seconds) or ``audio`` (array) + ``sample_rate``; and the targets:
     ``labels`` (list of str; scene) or ``events`` (list of ``{"label", "start", "end"}`` in ms; event).
     Multiclass scene clips need exactly one label. Audio is written as mono 16-bit PCM at every rate in
@@ -206,7 +209,7 @@ def manifest_task(manifest, out_dir, task_name: str, *, split_column: str = "spl
     if "" in values:
         raise ValueError(f"manifest {manifest}: every entry needs a {split_column!r} value")
     kfold = not set(values) <= {"train", "valid", "test"}
-    fold_of = {v: f"fold{i:02d}" for i, v in enumerate(sorted(values, key=_natural))} if kfold else {}
+    fold_of = _hear_folds(values) if kfold else {}
     clips, multilabel = [], False
     for e in entries:
         c = {"path": e["path"], "split": fold_of.get(str(e[split_column]).strip(), str(e[split_column]).strip())}
@@ -230,30 +233,29 @@ def manifest_task(manifest, out_dir, task_name: str, *, split_column: str = "spl
 
 
 def _natural(v: str):
-    return (0, int(v), v) if v.lstrip("-").isdigit() else (1, 0, v)
+    number = v.removeprefix("fold")
+    return (0, int(number), v) if number.lstrip("-").isdigit() else (1, 0, v)
 
 
 def esc10_task(data_dir, out_dir, task_name: str = "esc10", per_class_per_fold: int | None = None,
                overwrite: bool = False) -> Path:
-    """ESC-10 (``../shared/data/esc10``: ``meta.csv`` + ``audio/*.flac``) as a 5-fold multiclass scene task
-    (``presplit_kfold``, the original ESC folds 1-5 as ``fold00..fold04``; 5.0 s clips; ``top1_acc``; the
-    vocabulary in ESC-10 target order). ``per_class_per_fold`` keeps only the first N clips of each class in
-    each fold (for quick tests; the real pack has 8)."""
-    data_dir = Path(data_dir)
-    meta = data_dir / "meta.csv"
-    if not meta.is_file():
-        raise FileNotFoundError(f"no ESC-10 pack at {data_dir} (expected meta.csv and audio/)")
-    with open(meta, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    """ESC-10 (``../shared/data/esc10``: ``meta.csv`` + ``audio/*.flac``, or the ESC-50 download; read by
+    :func:`eval.prepare.esc50.prepare`, which checks every file and fold) as a 5-fold multiclass scene task
+    (``presplit_kfold``: the ESC folds 1-5 become HEAR's ``fold00..fold04`` here, in the task files only; 5.0 s
+    clips; ``top1_acc``; the vocabulary in ESC target order). ``per_class_per_fold`` keeps only the first N
+    clips of each class in each fold (for quick tests; the real pack has 8)."""
+    prepared = esc50.prepare(data_dir, subset="esc10")
+    rank = {c: i for i, c in enumerate(prepared.classes)}
+    to_hear = _hear_folds(e["fold"] for e in prepared.entries)
     clips, seen = [], {}
-    for r in sorted(rows, key=lambda r: (int(r["fold"]), int(r["target_esc10"]), r["filename"])):
-        key = (r["fold"], r["label"])
+    for e in sorted(prepared.entries, key=lambda e: (e["fold"], rank[e["labels"][0]], e["path"])):
+        key = (e["fold"], e["labels"][0])
         seen[key] = seen.get(key, 0) + 1
         if per_class_per_fold is not None and seen[key] > per_class_per_fold:
             continue
-        clips.append({"path": str(data_dir / r["filename"]), "split": f"fold{int(r['fold']) - 1:02d}",
-                      "labels": [r["label"]], "name": Path(r["filename"]).stem + ".wav"})
-    labels = [lbl for lbl in ESC10_LABELS if any(c["labels"][0] == lbl for c in clips)]
+        clips.append({"path": e["path"], "split": to_hear[str(e["fold"])], "labels": e["labels"],
+                      "name": Path(e["path"]).stem + ".wav"})
+    labels = [lbl for lbl in prepared.classes if any(c["labels"][0] == lbl for c in clips)]
     return write_task(out_dir, task_name, clips, embedding_type="scene", prediction_type="multiclass",
                       split_mode="presplit_kfold", evaluation=["top1_acc"], sample_duration=5.0, labels=labels,
                       overwrite=overwrite, extra_metadata={"source": "ESC-10 (CC BY 3.0), " + str(data_dir)})
@@ -265,7 +267,7 @@ def _event_clip(seed: int, duration: float, classes: tuple[str, ...], max_events
     events ``{"label", "start", "end"}`` in ms. Fully determined by ``seed``."""
     rng = np.random.default_rng([int(seed), 4242])
     n = int(round(duration * sr))
-    mix = _background(rng, n, sr, noise_level)
+    mix = background_noise(rng, n, sr, noise_level)
     events, t = [], float(rng.uniform(0.0, min_gap + 0.3))
     for _ in range(int(rng.integers(1, max_events + 1))):
         label = classes[int(rng.integers(len(classes)))]
@@ -276,7 +278,7 @@ def _event_clip(seed: int, duration: float, classes: tuple[str, ...], max_events
         mix[start:start + len(ev)] += 10 ** (rng.uniform(-6.0, 0.0) / 20.0) * ev
         events.append({"label": label, "start": 1000.0 * start / sr, "end": 1000.0 * (start + len(ev)) / sr})
         t = (start + len(ev)) / sr + float(rng.uniform(min_gap, min_gap + 0.8))
-    return _finish(mix), events
+    return finish_mix(mix), events
 
 
 def synth_event_task(out_dir, task_name: str = "synth_events", clips: int = 120, duration: float = 4.0,
@@ -321,12 +323,12 @@ def synth_scene_task(out_dir, task_name: str = "synth_scene", per_class: int = 1
     if per_class < folds or folds < 3:
         raise ValueError(f"need folds >= 3 and per_class >= folds (every fold holds every class); "
                          f"got per_class={per_class}, folds={folds}")
-    clips = []
+    clips, splits = [], _fold_names(folds)
     for ci, label in enumerate(classes):
         for j in range(per_class):
             s = seed * 100_003 + ci * 1009 + j
             clips.append({"audio": generate_labelled_clip(s, label, duration), "sample_rate": 16000,
-                          "split": f"fold{j % folds:02d}", "labels": [label], "name": f"{label}_{j:04d}.wav"})
+                          "split": splits[j % folds], "labels": [label], "name": f"{label}_{j:04d}.wav"})
     return write_task(out_dir, task_name, clips, embedding_type="scene", prediction_type="multiclass",
                       split_mode="presplit_kfold", evaluation=["top1_acc"], sample_duration=duration,
                       labels=sorted(classes), overwrite=overwrite,

@@ -77,7 +77,8 @@ def check_config(cfg: PretrainConfig) -> PretrainConfig:
     :class:`aum.config.ConfigError` naming the key, the value and the valid values. The valid values come from
     the code that uses them (:data:`pretrain.objectives.OBJECTIVES`, :data:`aum.models.PRESETS`, ...)."""
     m = cfg.model
-    check_model_options("model.", preset=m.preset, mixer=m.mixer, cls_position=m.cls_position, depth=m.depth,
+    check_model_options("model.", families=("aum",), used_for="pretraining (its objectives use the AuM patch grid "
+                        "and embed())", preset=m.preset, mixer=m.mixer, cls_position=m.cls_position, depth=m.depth,
                         embed_dim=m.embed_dim)
     for key, value, valid in (("objective.name", cfg.objective.name, sorted(OBJECTIVES)),
                               ("mask.strategy", cfg.mask.strategy, STRATEGIES)):

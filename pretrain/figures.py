@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from aum.atomic import atomic_write  # noqa: E402
 from pretrain.masking import patchify, unpatchify  # noqa: E402
 
 
@@ -53,8 +54,8 @@ def save_reconstruction_png(objective, batch: dict, step: int, path: Path) -> Pa
     axes[-1].set_xlabel("frame (10 ms)")
     fig.suptitle(f"step {step}", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=80, format="png"))
+    finally:
+        plt.close(fig)
     return path

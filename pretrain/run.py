@@ -17,15 +17,13 @@ Ctrl-C) after writing a checkpoint: the run is resumable, run the same command a
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from aum.checkpoint import save_checkpoint
-from aum.cli import EXIT_OK, RunStopped, run_cli, save_run_config, stopped_message
-from aum.config import load_config, parse_cli, to_dataclass
+from aum.cli import EXIT_OK, CommandLine, RunStopped, run_cli, save_run_config, stopped_message
+from aum.config import load_config, to_dataclass
 from aum.data.datasets import AudioClipDataset, SynthAudioDataset, collate_skip_bad, format_bad_file_report, read_manifest, \
     scan_audio
 from aum.train.engine import Trainer
@@ -118,18 +116,27 @@ def pretrain(cfg: PretrainConfig) -> dict:
     return summary
 
 
+def build_parser() -> CommandLine:
+    """The command line of ``python -m pretrain``: an optional ``CONFIG.yaml`` (or ``--config FILE``), then
+    ``key=value`` overrides of :class:`pretrain.config.PretrainConfig` (:class:`aum.cli.CommandLine`)."""
+    return CommandLine("python -m pretrain", __doc__, config=PretrainConfig, config_file=True)
+
+
+def check_args(args) -> PretrainConfig:
+    """The config a parsed command line (:func:`build_parser`) pretrains with: the schema's defaults < its
+    ``CONFIG.yaml`` < its overrides, checked (:func:`pretrain.config.check_config`) without building anything."""
+    cfg = to_dataclass(load_config(PretrainConfig, args.config, args.overrides), PretrainConfig)
+    check_config(cfg)
+    return cfg
+
+
 def run(argv=None) -> dict:
-    """Parse the command line (see :func:`aum.config.parse_cli`), pretrain and print where the encoder is;
-    returns :func:`pretrain`'s summary (``{}`` for ``--help``). Errors propagate (:func:`main` reports them)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if {"-h", "--help"} & set(argv):
-        print(__doc__ + "\nConfiguration keys and defaults:\n\n"
-              + OmegaConf.to_yaml(OmegaConf.structured(PretrainConfig)))
-        return {}
+    """Parse the command line (:func:`build_parser`; ``sys.argv[1:]`` when None), pretrain and print where the
+    encoder is; returns :func:`pretrain`'s summary. ``--help`` exits 0 (``SystemExit``); errors propagate
+    (:func:`main` reports them)."""
+    args = build_parser().parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    path, overrides = parse_cli(argv)
-    cfg = to_dataclass(load_config(PretrainConfig, path, overrides), PretrainConfig)
-    summary = pretrain(cfg)
+    summary = pretrain(check_args(args))
     if summary.get("stopped_by") != "signal":
         print(f"pretraining done at step {summary.get('step')}; encoder: {summary['encoder']}")
     return summary

@@ -11,11 +11,13 @@ every class in training and in testing.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from aum.atomic import atomic_write_text
 from aum.models import AuMConfig
 from aum.audio.synth import SOUND_NAMES, write_clips
 
@@ -62,15 +64,14 @@ def make_synth_benchmark(folder, name: str, clips: int = 28, duration: float = 1
     if manifest.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == settings:
         return manifest
     rows = write_clips(folder / "audio", clips, duration=duration, seed=seed, labelled=True)
-    tmp = folder / ".manifest.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label", "split", "fold"])
-        for i, row in enumerate(rows):
-            fold = (i // N_CLASSES) % folds + 1
-            writer.writerow([f"audio/{row['filename']}", row["label"], "test" if fold == folds else "train", fold])
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["path", "label", "split", "fold"])
+    for i, row in enumerate(rows):
+        fold = (i // N_CLASSES) % folds + 1
+        writer.writerow([f"audio/{row['filename']}", row["label"], "test" if fold == folds else "train", fold])
     (folder / "classes.txt").write_text("".join(f"{c}\n" for c in sorted(SOUND_NAMES)))
     OmegaConf.save(OmegaConf.create(synth_benchmark_file(name, frames)), folder / "benchmark.yaml")
-    tmp.replace(manifest)
+    atomic_write_text(manifest, table.getvalue())          # last: a manifest means the benchmark is complete
     stamp.write_text(json.dumps(settings))
     return manifest

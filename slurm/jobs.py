@@ -29,6 +29,7 @@ from pathlib import Path
 
 import submitit
 
+from aum.atomic import atomic_write_text
 from aum.cli import EXIT_STOPPED
 from slurm.kinds import KINDS, entry_point, records_in
 
@@ -45,10 +46,9 @@ class JobInterrupted(RuntimeError):
 
 
 def _atomic_json(path: Path, data) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (:func:`aum.atomic.atomic_write_text`), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def read_done(job: dict) -> dict | None:

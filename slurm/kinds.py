@@ -9,19 +9,21 @@ probe      ``eval.probe:main``        no    ``done.json`` exists and every recor
 tables     ``eval.results:main``      no    ``done.json`` exists (rebuilt whenever another job ran)
 =========  =========================  ====  ===============================================================
 
-The argv builders here are the only place that knows each entry point's command line; :func:`check_argv`
-parses a built argv with the entry point's own parser so a typo fails before anything is submitted.
+Every job's argv is built one way, :func:`aum.cli.build_argv` (the project's one command-line convention:
+positionals, ``--flags`` from plain keys, trailing ``key=value`` overrides from dotted keys), and
+:func:`check_argv` parses it with the entry point's own parser (:class:`aum.cli.CommandLine`) and checks its
+values, so a typo fails before anything is submitted.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Kind", "KINDS", "flags", "pretrain_argv", "eval_argv", "tables_argv", "check_argv", "entry_point",
+from aum.cli import USER_ERRORS, build_argv, error_message
+
+__all__ = ["Kind", "KINDS", "pretrain_argv", "eval_argv", "tables_argv", "check_argv", "entry_point",
            "records_in"]
 
 
@@ -53,38 +55,10 @@ def entry_point(kind: str):
     return getattr(importlib.import_module(module), func)
 
 
-def flags(args: dict) -> list[str]:
-    """``{"batch_size": 8, "refresh": True, "c_grid": [0.1, 1]}`` -> ``--batch-size 8 --refresh --c-grid 0.1,1``
-    (``False``/``None`` values are left out; lists are comma-joined)."""
-    out = []
-    for key, value in args.items():
-        if value is None or value is False:
-            continue
-        flag = "--" + str(key).lstrip("-").replace("_", "-")
-        if value is True:
-            out.append(flag)
-        elif isinstance(value, (list, tuple)):
-            out += [flag, ",".join(str(v) for v in value)]
-        else:
-            out += [flag, str(value)]
-    return out
-
-
 def pretrain_argv(config: str | None, args: dict, out_dir: str) -> list[str]:
-    """``python -m pretrain`` words: the optional YAML, ``key=value`` for each arg, then ``engine.out_dir``."""
-    words = [config] if config else []
-    words += [f"{k}={_yaml_value(v)}" for k, v in args.items() if k != "engine.out_dir"]
-    return words + [f"engine.out_dir={out_dir}"]
-
-
-def _yaml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_yaml_value(v) for v in value) + "]"
-    return str(value)
+    """``python -m pretrain`` words: the optional YAML, then the stage's keys, ``engine.out_dir`` last."""
+    options = {k: v for k, v in args.items() if k != "engine.out_dir"}
+    return build_argv([config] if config else [], {**options, "engine.out_dir": out_dir})
 
 
 FINETUNE_INITS = {"scratch": "scratch", "imagenet": "imagenet", "ssl": "ssl", "official": "aum"}
@@ -92,109 +66,57 @@ FINETUNE_INITS = {"scratch": "scratch", "imagenet": "imagenet", "ssl": "ssl", "o
 
 def eval_argv(kind: str, benchmark: str, manifest: str, encoder: dict, seed: int, args: dict,
               records_dir: str, out_dir: str, cache_dir: str) -> list[str]:
-    """Words for ``python -m eval.probe`` (flags, records straight into ``records_dir``) or ``python -m
-    eval.finetune`` (``key=value``; it works in ``out_dir`` and writes its records into ``out_dir/records``).
+    """Words for ``python -m eval.probe`` (records straight into ``records_dir``) or ``python -m eval.finetune``
+    (it works in ``out_dir`` and writes its records into ``out_dir/records``), built by :func:`aum.cli.build_argv`.
 
     ``benchmark`` is the probe's benchmark name or the fine-tuning benchmark file / registered name;
     ``encoder`` is ``{"init", "model", "checkpoint"}`` (a file) or ``{"init": "scratch", "model", "preset",
-    "depth"}`` (random weights); ``args`` are the stage's extra flags (probe) or config keys (finetune).
+    "depth"}`` (random weights); ``args`` are the stage's own options (plain keys: flags, dotted keys: config
+    overrides), which win over the ones set here.
     """
-    words = [benchmark, manifest]
+    checkpoint, depth = encoder.get("checkpoint"), encoder.get("depth") or None
     if kind == "finetune":
-        words += ["--init", FINETUNE_INITS[encoder["init"]]]
-        if encoder.get("checkpoint"):
-            words.append(str(encoder["checkpoint"]))
-        else:
-            words.append(f"model.preset={encoder['preset']}")
-            if encoder.get("depth"):
-                words.append(f"model.depth={encoder['depth']}")
-        extra = {"run.out": out_dir, "run.seed": seed, **args}
-        if _finetune_takes("model_name"):
-            extra.setdefault("run.model_name", encoder["model"])
-        return words + [f"{k}={_yaml_value(v)}" for k, v in extra.items()]
-    if encoder.get("checkpoint"):
-        words += ["--checkpoint", str(encoder["checkpoint"]), "--init", encoder["init"]]
-    else:
-        words += ["--random", encoder["preset"]]
-        if encoder.get("depth"):
-            words += ["--depth", str(encoder["depth"])]
-    words += ["--seed", str(seed), "--model-name", encoder["model"], "--out", records_dir]
-    return words + flags({"cache": cache_dir, **args})
-
-
-def _finetune_takes(key: str) -> bool:
-    """Whether ``eval.finetune``'s ``run`` section has ``key`` (newer versions name the model in records)."""
-    try:
-        import dataclasses
-        from eval.finetune import RunSpec
-        return key in {f.name for f in dataclasses.fields(RunSpec)}
-    except ImportError:
-        return False
+        words = [benchmark, manifest, "--init", FINETUNE_INITS[encoder["init"]], *([checkpoint] if checkpoint else [])]
+        model = {} if checkpoint else {"model.preset": encoder["preset"], **({"model.depth": depth} if depth else {})}
+        return build_argv(words, {**model, "run.out": out_dir, "run.seed": seed, "run.model_name": encoder["model"],
+                                  **args})
+    source = ({"checkpoint": str(checkpoint), "init": encoder["init"]} if checkpoint
+              else {"random": encoder["preset"], "depth": depth})
+    return build_argv([benchmark, manifest], {**source, "seed": seed, "model_name": encoder["model"],
+                                              "out": records_dir, "cache": cache_dir, **args})
 
 
 def tables_argv(records_dir: str, tables_dir: str) -> list[str]:
     """Words for ``python -m eval.results``: the records folder and where the tables go."""
-    return [records_dir, "--out", tables_dir]
+    return build_argv([records_dir], {"out": tables_dir})
 
 
 def check_argv(kind: str, argv: list[str], what: str) -> None:
-    """Parse ``argv`` as ``kind``'s entry point would and check the values it would use (pretraining:
-    :func:`pretrain.config.check_config`; fine-tuning: :func:`eval.finetune.load_finetune_config`; probe: its
-    parser and :func:`eval.probe.probe_benchmark`), without running it, building a model or reading audio; raise
-    ``ValueError`` naming ``what`` and the problem when it is rejected. Kinds whose module is not installed are
-    not checked."""
-    if kind == "pretrain":
-        from aum.config import load_config, parse_cli, to_dataclass
-        from pretrain.config import PretrainConfig, check_config
-        try:
-            path, overrides = parse_cli(argv)
-            check_config(to_dataclass(load_config(PretrainConfig, path, overrides), PretrainConfig))
-        except (ValueError, FileNotFoundError) as e:
-            raise ValueError(f"{what}: {e}") from None
-        return
-    if kind == "finetune":
-        _check_finetune(argv, what)
-        return
+    """Parse ``argv`` with the parser of ``kind``'s entry point (its module's ``build_parser()``, an
+    :class:`aum.cli.CommandLine`) and check the values it would use with the module's ``check_args(args)`` when
+    it has one (pretraining: the config and :func:`pretrain.config.check_config`; fine-tuning:
+    :func:`eval.finetune.load_finetune_config`; probe: :func:`eval.probe.probe_benchmark`), without running it,
+    building a model or reading audio; raise ``ValueError`` naming ``what`` and the problem when it is rejected.
+    Kinds whose module is not installed are not checked."""
     module_name = KINDS[kind].entry.partition(":")[0]
     try:
         module = importlib.import_module(module_name)
     except ImportError:
         return
-    build = getattr(module, "build_parser", None)
-    if build is None:
-        return
-    err = io.StringIO()
+    check = getattr(module, "check_args", None)
+    quiet = logging.getLogger(module_name)              # e.g. the probe's "unknown benchmark: defaults", per job
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            args = build().parse_args(argv)
-    except SystemExit:
-        msg = err.getvalue().strip().splitlines()
-        raise ValueError(f"{what}: {module_name} rejects its arguments: {msg[-1] if msg else argv}") from None
-    if kind == "probe" and hasattr(module, "probe_benchmark"):
-        quiet = logging.getLogger(module_name)          # its "unknown benchmark: defaults" warning, once per job
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        try:
-            module.probe_benchmark(args)
-        except ValueError as e:
-            raise ValueError(f"{what}: {e}") from None
-        finally:
-            quiet.setLevel(level)
-
-
-def _check_finetune(argv: list[str], what: str) -> None:
-    try:
-        from eval.finetune import load_finetune_config, parse_args
-    except ImportError:
-        return
-    try:
-        benchmark, _, _, _, overrides = parse_args(argv)
-        load_finetune_config(benchmark, overrides)
-    except SystemExit as e:
-        raise ValueError(f"{what}: eval.finetune rejects its arguments: {e}") from None
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        text = e.args[0] if isinstance(e, KeyError) and e.args else e      # a KeyError's str() is its repr
-        raise ValueError(f"{what}: {text}") from None
+        args = module.build_parser().parse(argv)
+        if check is not None:
+            check(args)
+    except SystemExit as e:                             # aum.cli.UsageError (and --help)
+        raise ValueError(f"{what}: {module_name} rejects its arguments: {e}") from None
+    except USER_ERRORS as e:
+        raise ValueError(f"{what}: {error_message(e)}") from None
+    finally:
+        quiet.setLevel(level)
 
 
 def records_in(folder: str | Path) -> list[str]:

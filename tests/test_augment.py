@@ -41,6 +41,7 @@ def _widths(rng, n: int, freqm: int, timem: int, masks: int, fn=epic_spec_augmen
     return float(np.mean(f)), float(np.mean(t))
 
 
+@pytest.mark.slow
 def test_epic_mask_widths_match_the_official_expectation():
     rng = np.random.default_rng(0)
     n = 3000

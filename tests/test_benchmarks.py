@@ -4,7 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.subprocess                      # every test runs a benchmark script in its own process
 
 
 def _run(args, tmp_path):

@@ -80,12 +80,11 @@ def test_tied_and_noncontiguous_tensors_save(tmp_path):
 def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
     target = tmp_path / "m.safetensors"
 
-    def broken(tensors, filename, metadata=None):
-        with open(filename, "wb") as fh:
-            fh.write(b"partial")
+    def broken(tensors, metadata=None):     # fails while the temporary file is open
+        assert any(n.startswith(".m.safetensors.tmp") for n in os.listdir(tmp_path))
         raise OSError("disk full")
 
-    monkeypatch.setattr(st, "save_file", broken)
+    monkeypatch.setattr(st, "save", broken)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tiny(), target)
     assert os.listdir(tmp_path) == []
@@ -94,7 +93,7 @@ def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
 def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
     target = save_checkpoint(tiny(), tmp_path / "m.safetensors")
     before = target.read_bytes()
-    monkeypatch.setattr(st, "save_file", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(st, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         save_checkpoint(tiny(mixer="v2"), target)
     assert os.listdir(tmp_path) == ["m.safetensors"] and target.read_bytes() == before

@@ -2,14 +2,17 @@
 ``config.yaml`` guard, and every installed console script exiting 0 on ``--help`` and on a tiny successful run,
 2 on a usage or input error."""
 import os
+import re
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from omegaconf import OmegaConf
 
-from aum.cli import EXIT_STOPPED, RunStopped, run_cli, save_run_config
+from aum.cli import EXIT_STOPPED, CommandLine, RunStopped, UsageError, build_argv, run_cli, save_run_config
 from aum.config import ConfigError
 from aum.audio.synth import write_clips
 from eval.prepare import prepare
@@ -46,6 +49,111 @@ def test_run_cli_statuses_and_messages(capsys):
     assert "prog: stopped; run the same command again" in capsys.readouterr().err
     with pytest.raises(RuntimeError):                                 # a bug is not an input error: traceback
         run_cli("prog", _raise(RuntimeError("internal")), [])
+
+
+# ------------------------------------------------------------------------------------------------ CommandLine
+
+@dataclass
+class _Section:
+    c: int = 0
+    rate: float = 0.5
+
+
+@dataclass
+class _Config:
+    x: Any = None
+    name: str = "run"
+    b: _Section = field(default_factory=_Section)
+
+
+def _parser(**kwargs) -> CommandLine:
+    p = CommandLine("prog", "A test command.", config=_Config, **kwargs)
+    p.add_argument("source")
+    p.add_argument("--size", type=int, default=1)
+    p.add_argument("--fast", action="store_true")
+    return p
+
+
+def test_positionals_flags_and_trailing_overrides():
+    args = _parser().parse(["data", "--size", "3", "--fast", "x=[1,2]", "b.c=2", "name=a=b"])
+    assert (args.source, args.size, args.fast) == ("data", 3, True)
+    assert args.overrides == ["x=[1,2]", "b.c=2", "name=a=b"]
+    args = _parser().parse(["--size=4", "data"])
+    assert (args.source, args.size, args.overrides) == ("data", 4, [])
+    words = build_argv(["data"], {"b.rate": 0.25, "size": 7, "fast": True, "name": None, "x": False,
+                                  "b.c": [1, 2], "long_flag": ["a", "b"]})
+    assert words == ["data", "--size", "7", "--fast", "--long-flag", "a,b", "b.rate=0.25", "b.c=[1,2]"]
+    assert build_argv([], {"a.b": True, "a.c": None, "a.d": ""}) == ["a.b=true", "a.c=null", "a.d=''"]
+    with pytest.raises(UsageError, match="unexpected argument '--fast' after the key=value overrides"):
+        _parser().parse(["data", "b.c=2", "--fast"])
+    with pytest.raises(UsageError, match="unrecognized arguments: --lr"):
+        _parser().parse(["data", "--lr", "3"])
+    with pytest.raises(UsageError, match=r"unexpected argument\(s\) more"):
+        _parser().parse(["data", "more"])
+    with pytest.raises(UsageError, match="malformed override '=3'"):
+        _parser().parse(["data", "=3"])
+
+
+def test_a_misspelt_key_names_the_valid_keys():
+    with pytest.raises(UsageError) as err:
+        _parser().parse(["data", "b.rat=1"])
+    assert str(err.value) == ("unknown config key 'b.rat' in override 'b.rat=1'; did you mean 'b.rate'? "
+                              "Valid keys under b: c, rate")
+    assert err.value.usage.startswith("usage: prog ") and err.value.code == str(err.value)
+    with pytest.raises(UsageError, match="unknown config key 'nme'.*Valid keys: x, name, b"):
+        _parser().parse(["data", "nme=1"])
+
+
+def test_run_cli_prints_the_usage_and_the_error(capsys):
+    assert run_cli("prog", lambda argv: _parser().parse(argv), ["data", "b.rat=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: prog ") and "prog: error: unknown config key 'b.rat'" in err
+    assert "Traceback" not in err
+
+
+def test_help_lists_the_overrides_with_their_defaults(capsys):
+    assert run_cli("prog", lambda argv: _parser(listed=("b",)).parse(argv), ["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: prog [-h] [--debug] [--size SIZE] [--fast] source [key=value ...]")
+    assert "A test command." in out and "--debug" in out
+    assert "  b.c=0\n  b.rate=0.5\n" in out and "name=run" not in out      # only the listed sections
+    assert "x.*, name.*: every key of the file the command reads" in out
+    assert "  x=null\n  name=run\n  b.c=0\n" in _parser().format_help()
+    from pretrain.run import build_parser
+    text = build_parser().format_help()
+    assert "engine.max_steps=" in text and "objective.name=ssast" in text and "[CONFIG.yaml]" in text
+
+
+def test_config_file_and_overrides():
+    """The config-file form (``aum-pretrain``): a positional YAML or ``--config FILE``, then overrides."""
+    def split(argv):
+        args = CommandLine("prog", config=_Config, config_file=True).parse(argv)
+        return args.config, args.overrides
+    assert split([]) == (None, [])
+    assert split(["--config", "a.yaml", "x=1", "b.c=2"]) == ("a.yaml", ["x=1", "b.c=2"])
+    assert split(["--config=a.yml", "x=1"]) == ("a.yml", ["x=1"])
+    assert split(["configs/run.yaml", "x=[1,2]"]) == ("configs/run.yaml", ["x=[1,2]"])
+    assert split(["x=1", "name=a=b"]) == (None, ["x=1", "name=a=b"])
+    for bad in (["--lr", "3"], ["x=1", "run.yaml"], ["--config"], ["a.yaml", "--config", "b.yaml"], ["=3"],
+                ["a.yaml", "b.yaml"], ["--config="]):
+        with pytest.raises(UsageError):
+            split(bad)
+
+
+def test_finetune_init_kind_and_path():
+    from eval.finetune import build_parser
+    args = build_parser().parse(["esc50", "m.jsonl", "--init", "ssl", "enc.safetensors", "run.fold=all"])
+    assert (args.benchmark, args.manifest, args.init, args.overrides) == \
+        ("esc50", "m.jsonl", ("ssl", "enc.safetensors"), ["run.fold=all"])
+    assert build_parser().parse(["esc50", "m.jsonl", "model.preset=tiny"]).init == ("scratch", None)
+    for argv, message in [(["--init", "aum"], "--init aum needs a checkpoint path"),
+                          (["--init", "ssl", "a", "b"], "--init ssl takes one checkpoint path, got 2: a b"),
+                          (["--init", "scratch", "a"], "--init scratch takes no checkpoint, got a"),
+                          (["--init", "vim", "a"], "--init must be one of ['aum', 'imagenet', 'scratch', 'ssl']"),
+                          (["run.fold=al1", "--init", "scratch"], "after the key=value overrides"),
+                          (["run.flod=1"], "did you mean 'run.fold'?")]:
+        with pytest.raises(UsageError, match=re.escape(message)):
+            build_parser().parse(["esc50", "m.jsonl", *argv])
 
 
 # ------------------------------------------------------------------------------------------------ config.yaml

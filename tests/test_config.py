@@ -1,4 +1,5 @@
-"""Tests for aum.config: schema defaults < YAML < overrides, helpful key errors, atomic save, CLI split."""
+"""Tests for aum.config: schema defaults < YAML < overrides, helpful key errors, atomic save (the command-line
+split into a config file and overrides: tests/test_cli.py)."""
 
 from dataclasses import dataclass, field
 from typing import Optional
@@ -6,7 +7,7 @@ from typing import Optional
 import pytest
 from omegaconf import MISSING, OmegaConf
 
-from aum.config import ConfigError, load_config, parse_cli, save_config, to_dataclass
+from aum.config import ConfigError, load_config, save_config, to_dataclass
 
 
 @dataclass
@@ -116,14 +117,3 @@ def test_save_round_trip_and_to_dataclass(tmp_path):
     assert OmegaConf.is_config(back) and not OmegaConf.is_config(obj)
     save_config(obj, tmp_path / "again.yaml")  # dataclass instances save too
     assert load_config(TrainCfg, tmp_path / "again.yaml").max_steps == 9
-
-
-def test_parse_cli():
-    assert parse_cli([]) == (None, [])
-    assert parse_cli(["--config", "a.yaml", "x=1", "b.c=2"]) == ("a.yaml", ["x=1", "b.c=2"])
-    assert parse_cli(["--config=a.yml", "x=1"]) == ("a.yml", ["x=1"])
-    assert parse_cli(["configs/run.yaml", "x=[1,2]"]) == ("configs/run.yaml", ["x=[1,2]"])
-    assert parse_cli(["x=1", "name=a=b"]) == (None, ["x=1", "name=a=b"])
-    for bad in (["--lr", "3"], ["x=1", "run.yaml"], ["--config"], ["a.yaml", "--config", "b.yaml"], ["=3"]):
-        with pytest.raises(ConfigError):
-            parse_cli(bad)

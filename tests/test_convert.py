@@ -34,7 +34,7 @@ def assert_same(sd_a, sd_b, skip=()):
 # ---------------------------------------------------------------- official checkpoints
 
 def official_keys(D, mixer, classes, depth=24, tokens=513):
-    """Key -> shape, written out from the reference's list (section 1), not from our model."""
+    """Key -> shape, written out from the key table of docs/checkpoints.md, not from our model."""
     E, R = 2 * D, math.ceil(D / 16)
     keys = {"cls_token": (1, 1, D), "pos_embed.pos_embed": (1, tokens, D),
             "patch_embed.proj.weight": (D, 1, 16, 16), "patch_embed.proj.bias": (D,),

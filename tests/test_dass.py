@@ -1,4 +1,6 @@
-"""DASS encoder: sizes, interface, read-outs, cross-scan directions (against a naive loop), converters."""
+"""DASS encoder: sizes, interface, read-outs, cross-scan directions (against a naive loop), converters, and the
+checkpoints: our format and both released formats through load_checkpoint / init_from_pretrained."""
+import logging
 import math
 
 import pytest
@@ -6,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import aum
-from aum.checkpoint import CheckpointMismatchError
+from aum.checkpoint import CheckpointError, CheckpointMismatchError
 from aum.models import dass as dass_mod
 from aum.models.dass import DASS, SS2D, DASSConfig, cross_merge, cross_scan
 from aum.checkpoint.official_dass import (dass_config_from_state_dict, dass_format, dass_state_dict_from_hf,
@@ -125,7 +127,7 @@ def test_drop_path_is_identity_at_eval_and_active_in_training():
 
 # -- cross-scan directions against a naive loop ------------------------------------------------------------
 def naive_ss2d(op: SS2D, x: torch.Tensor) -> torch.Tensor:
-    """SS2D of one map ``[C, H, W]`` in float64, from the reference text: explicit orderings of the grid per
+    """SS2D of one map ``[C, H, W]`` in float64, from docs/models.md: explicit orderings of the grid per
     direction, one recurrence step per position, the four outputs summed back at their positions."""
     ch, height, width = x.shape
     r, n, length = op.dt_rank, op.d_state, height * width
@@ -247,7 +249,7 @@ def test_cross_scan_orders_and_merge_round_trip():
 
 # -- converters ----------------------------------------------------------------------------------------------
 def official_shapes(dims, depths, classes=527, n=1) -> dict:
-    """Key -> shape of an official DASS ``.pth`` (the key table of the reference), ``module.v.`` included."""
+    """Key -> shape of an official DASS ``.pth`` (the key table of docs/checkpoints.md), ``module.v.`` included."""
     stem = dims[0] // 2
     s = {"patch_embed.0.weight": (stem, 1, 3, 3), "patch_embed.0.bias": (stem,), "patch_embed.2.weight": (stem,),
          "patch_embed.2.bias": (stem,), "patch_embed.5.weight": (dims[0], stem, 3, 3), "patch_embed.5.bias": (dims[0],),
@@ -272,7 +274,7 @@ def official_shapes(dims, depths, classes=527, n=1) -> dict:
 
 
 def to_hf(original: dict) -> dict:
-    """The official HF converter's mapping (reference table 2b), applied to an original state_dict."""
+    """The official HF converter's mapping (docs/checkpoints.md, the Hugging Face port), applied to an original state_dict."""
     out = {}
     stem = {"0": "0", "2": "1", "5": "3", "7": "4"}
     for key, v in original.items():
@@ -366,3 +368,128 @@ def test_partial_or_foreign_original_files_are_refused_by_name():
         dass_state_dict_from_original(bad, DASSConfig(dims=(24, 48, 96, 192), depths=(1, 1, 2, 1), num_classes=5))
     with pytest.raises(CheckpointMismatchError, match="not a DASS state_dict"):
         dass_state_dict_from_original({"module.v.head.weight": torch.zeros(2, 2)})
+
+
+# -- checkpoints: our format and both released formats through load_checkpoint --------------------------------
+def _logits(model, x):
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_our_format_stores_and_rebuilds_dass_bit_identically(tmp_path, caplog):
+    import json
+
+    from safetensors import safe_open
+
+    from aum.checkpoint import feature_preset_of, load_checkpoint, read_checkpoint, save_checkpoint
+    model = tiny(num_classes=5).float()
+    with caplog.at_level(logging.WARNING):
+        path = save_checkpoint(model, tmp_path / "dass.safetensors", metadata={"epoch": 2})
+    assert not caplog.records                                    # a DASS has its family's preset: no default warning
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["aum_config"]) == {"family": "dass", **model.config.to_dict()} and meta["aum_format"] == "2"
+    raw = read_checkpoint(path)
+    assert (raw.kind, raw.family, raw.config, raw.metadata) == ("aum", "dass", model.config.to_dict(), {"epoch": 2})
+    loaded = load_checkpoint(path)
+    assert isinstance(loaded, DASS) and loaded.config == model.config
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    x = fbank(40, batch=1).float()
+    assert torch.equal(_logits(loaded, x), _logits(model, x))
+    preset = feature_preset_of(path)                              # ours: recorded, with the 1024-frame clips
+    assert preset.name == "audioset" and preset.target_frames == 1024
+    assert loaded.feature_preset_source == "default: the DASS family's"
+    vox = save_checkpoint(loaded, tmp_path / "vox.safetensors", feature_preset="voxceleb", feature_source="test")
+    assert feature_preset_of(vox).name == load_checkpoint(vox).feature_preset.name == "voxceleb"
+
+
+def _released(tmp_path, classes=5):
+    """The tiny model's weights written in both released layouts, with the official key names: ``(reference
+    logits, input, {name: path})`` for an original ``.pth``, an HF folder with ``model.safetensors`` +
+    ``config.json`` and an HF folder with only ``pytorch_model.bin``."""
+    from safetensors.torch import save_file
+    _, original = tiny_original(classes)
+    original = {k: v.float() for k, v in original.items()}
+    reference = DASS(DASSConfig(dims=(24, 48, 96, 192), depths=(1, 1, 2, 1), num_classes=classes))
+    reference.load_state_dict({k[len("module.v."):]: v for k, v in original.items()}, strict=True)
+    hf = {k: v.contiguous() for k, v in to_hf(original).items()}
+    torch.save(original, tmp_path / "DASS_tiny.pth")
+    (tmp_path / "hf").mkdir()
+    save_file(hf, str(tmp_path / "hf" / "model.safetensors"))
+    (tmp_path / "hf" / "config.json").write_text(
+        '{"model_type": "dass", "depths": [1, 1, 2, 1], "dims": [24, 48, 96, 192], "num_classes": %d, '
+        '"patch_size": 4, "embed_dim": 96, "max_length": 1024, "num_mel_bins": 128, "drop_path_rate": 0.0}' % classes)
+    (tmp_path / "bin").mkdir()
+    torch.save(hf, tmp_path / "bin" / "pytorch_model.bin")
+    x = fbank(40, batch=1).float()
+    return _logits(reference, x), x, {"original": tmp_path / "DASS_tiny.pth", "hf": tmp_path / "hf",
+                                      "bin": tmp_path / "bin"}
+
+
+def test_released_original_and_hf_files_load_by_their_keys_with_identical_logits(tmp_path, caplog):
+    from aum.checkpoint import feature_preset_of, load_checkpoint, read_checkpoint
+    expected, x, paths = _released(tmp_path)
+    kinds = {"original": "dass_original", "hf": "dass_hf", "bin": "dass_hf"}
+    for name, path in paths.items():
+        raw = read_checkpoint(path)
+        assert (raw.kind, raw.family) == (kinds[name], "dass")
+        with caplog.at_level(logging.WARNING):
+            model = load_checkpoint(path)
+            feature_preset_of(path)                               # asked again: still one warning per file
+        assert isinstance(model, DASS) and model.config.depths == (1, 1, 2, 1) and model.config.num_classes == 5
+        assert torch.equal(_logits(model, x), expected), name
+        warned = [r for r in caplog.records if "records no feature preset" in r.getMessage()]
+        assert len(warned) == 1 and "'audioset'" in warned[0].getMessage()     # foreign: audioset, one warning
+        assert model.feature_preset.name == "audioset"
+        caplog.clear()
+    assert read_checkpoint(paths["hf"]).config["drop_path_rate"] == 0.0       # config.json read when present
+    with pytest.raises(CheckpointError, match="not a dass_hf checkpoint: its keys have the DASS 'original'"):
+        read_checkpoint(paths["original"], kind="dass_hf")
+
+
+def test_partial_or_foreign_dass_files_are_refused_naming_file_and_keys(tmp_path):
+    from safetensors.torch import save_file
+
+    from aum.checkpoint import load_checkpoint
+    _, original = tiny_original()
+    torch.save({k: v for k, v in original.items() if not k.endswith("layers.2.blocks.1.op.Ds")},
+               tmp_path / "partial.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)partial\.pth: .*missing keys: layers\.2\.blocks\.1\.op\."
+                                                      r"Ds"):
+        load_checkpoint(tmp_path / "partial.pth")
+    hf = {k: v.contiguous() for k, v in to_hf(original).items()}
+    (tmp_path / "extra").mkdir()
+    save_file({**hf, "dass.embeddings.extra": torch.zeros(1)}, str(tmp_path / "extra" / "model.safetensors"))
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)model\.safetensors: .*outside the DASS layout: "
+                                                      r"dass\.embeddings\.extra"):
+        load_checkpoint(tmp_path / "extra")
+    (tmp_path / "cfg").mkdir()
+    save_file(hf, str(tmp_path / "cfg" / "model.safetensors"))
+    (tmp_path / "cfg" / "config.json").write_text('{"depths": [1, 1, 1, 1], "dims": [24, 48, 96, 192], '
+                                                  '"num_classes": 5}')
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)unexpected keys: layers\.2\.blocks\.1\..*config\.json"):
+        load_checkpoint(tmp_path / "cfg")
+
+
+def test_init_from_pretrained_reinitialises_only_the_head_and_refuses_the_other_family(tmp_path):
+    from aum.checkpoint import init_from_pretrained, save_checkpoint
+    _, _, paths = _released(tmp_path)
+    torch.manual_seed(5)
+    model = aum.create_model("dass_tiny", num_classes=3)
+    fresh_head = model.classifier["head"].weight.clone()
+    report = init_from_pretrained(model, paths["original"])
+    assert report.kind == "dass_original" and sorted(report.missing) == ["classifier.head.bias",
+                                                                       "classifier.head.weight"]
+    assert any("head of 5 classes dropped: the model has 3 classes" in n for n in report.notes)
+    assert torch.equal(model.classifier["head"].weight, fresh_head)
+    _, original = tiny_original()
+    assert torch.equal(model.layers[2].blocks[1].op.Ds, original["module.v.layers.2.blocks.1.op.Ds"].float())
+    headless = aum.create_model("dass_tiny")
+    assert init_from_pretrained(headless, paths["hf"]).missing == []
+    with pytest.raises(CheckpointMismatchError, match=r"family is 'dass' \(dass_original checkpoint\), the "
+                                                      r"model's is 'aum' \(AuM\)"):
+        init_from_pretrained(aum.create_model("tiny", depth=1), paths["original"])
+    auM = save_checkpoint(aum.create_model("tiny", depth=1), tmp_path / "aum.safetensors", feature_preset="audioset")
+    with pytest.raises(CheckpointMismatchError, match=r"family is 'aum' \(aum checkpoint\), the model's is 'dass'"):
+        init_from_pretrained(model, auM)

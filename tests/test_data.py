@@ -252,6 +252,7 @@ def test_many_bad_files_stop_after_max_bad_loads_and_one_good_file_keeps_the_dat
     assert [it is None for it in items] == [True] * 4 + [False] + [True] * 4 + [False] + [True] * 4 + [False]
 
 
+@pytest.mark.subprocess
 def test_training_on_only_bad_files_with_loader_workers_stops_with_the_report_and_exits(tmp_path):
     """The error is raised in a DataLoader worker; the process must still end (its workers ignore SIGTERM)."""
     _bad_files(tmp_path / "bad")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from aum import create_model
-from aum.embed import (_owned_ranges, column_embeddings, embed_waveform, fbank_frames,
-                       interpolate_columns, pad_value_for, parse_pooling, scene_embedding, shifted_column_embeddings,
-                       window_starts)
+from aum.embed import (column_embeddings, embed_waveform, fbank_frames, interpolate_columns, pad_value_for,
+                       parse_pooling, scene_embedding, shifted_column_embeddings, window_starts)
+from aum.embed.windows import _owned_ranges
 from aum.audio.features import fbank
 
 
@@ -144,6 +144,7 @@ def test_scene_embedding_pooling(model):
         scene_embedding(headless, wave, pooling="cls")
 
 
+@pytest.mark.slow
 def test_several_layers_in_one_pass_match_one_layer_at_a_time():
     """Long audio (several windows) and the class-token average: a list of layers gives what each layer alone
     gives; the encoder runs once per window batch, not once per layer."""
@@ -224,6 +225,8 @@ _MEM_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset")
 def test_ten_minutes_in_bounded_memory(tmp_path):
     script = tmp_path / "mem.py"

@@ -126,6 +126,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.subprocess
 def test_kill_and_resume_is_bit_exact_and_restores_the_data_position(tmp_path):
     cfg = {"max_steps": 6, "ckpt_every": 2, "grad_accum": 2}      # 20 items / batch 2 / accum 2: epoch = 5 steps
     straight = launch(tmp_path, "straight", **cfg)
@@ -151,6 +152,7 @@ def test_kill_and_resume_is_bit_exact_and_restores_the_data_position(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]     # lines of the killed step 5 were dropped
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_stop_signal_checkpoints_the_current_step_and_returns_cleanly(tmp_path, sig):
     proc = launch(tmp_path, "term", slow=0.1, max_steps=100, ckpt_every=0, dropout=0.0)
@@ -165,6 +167,8 @@ def test_a_stop_signal_checkpoints_the_current_step_and_returns_cleanly(tmp_path
     assert len(records(tmp_path, "term")) == res["step"]
 
 
+@pytest.mark.ddp
+@pytest.mark.subprocess
 def test_two_process_ddp_matches_one_process_with_the_global_batch(tmp_path):
     port = free_port()
     common = {"max_steps": 3, "dropout": 0.0, "jitter": False, "clip_grad": 0.5, "ckpt_every": 0, "grad_accum": 2}

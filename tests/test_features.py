@@ -238,6 +238,7 @@ def test_epic_logmel_matches_hand_written_reference():
 
 # (i) one real clip --------------------------------------------------------------------------------------------
 
+@pytest.mark.real_audio
 def test_real_esc10_clip():
     meta = ESC10 / "meta.csv"
     if not meta.exists():

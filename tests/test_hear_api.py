@@ -288,6 +288,7 @@ def test_manifest_task_from_a_csv(tmp_path):
     assert all(isinstance(e["start"], float) and e["end"] <= 1000.0 for evs in test.values() for e in evs)
 
 
+@pytest.mark.real_audio
 @pytest.mark.skipif(not (ESC10 / "meta.csv").is_file(), reason=f"ESC-10 pack not found at {ESC10}")
 def test_esc10_task_folder(tmp_path):
     root = esc10_task(ESC10, tmp_path, per_class_per_fold=1)
@@ -332,6 +333,7 @@ def _check_records(records, expected_tasks):
         assert rec["value"] == r["value"] and rec["config"]["grid"] == "faster"
 
 
+@pytest.mark.hear_env
 def test_hear_eval_kit_runs_on_a_scene_and_an_event_task(hear_venv, ckpt, tmp_path):
     from hear_api.evaluate import evaluate
     tasks = tmp_path / "tasks"
@@ -351,6 +353,8 @@ def test_hear_eval_kit_runs_on_a_scene_and_an_event_task(hear_venv, ckpt, tmp_pa
     assert not list((tmp_path / "out").glob("hear-pred-*"))                 # scratch (Lightning logs) removed
 
 
+@pytest.mark.hear_env
+@pytest.mark.real_audio
 @pytest.mark.skipif(not (ESC10 / "meta.csv").is_file(), reason=f"ESC-10 pack not found at {ESC10}")
 def test_esc10_end_to_end(hear_venv, ckpt, tmp_path):
     from hear_api.evaluate import evaluate

@@ -50,7 +50,7 @@ def test_an_unknown_preset_is_a_clear_key_and_value_error(lookup):
 
 
 def _mixer_by_hand(m: MambaMixer, hidden):
-    """Independent composition of the reference scan with explicit flips, per the reference text."""
+    """Independent composition of the reference scan with explicit flips, per docs/models.md."""
     x, z = F.linear(hidden, m.in_proj.weight).transpose(1, 2).chunk(2, dim=1)
 
     def params(conv, x_proj, dt_proj, xin):

@@ -155,6 +155,7 @@ def test_speechcommands_lists_background_noise_and_missing(tmp_path):
         prepare("speechcommands", root)
 
 
+@pytest.mark.real_audio
 @needs_data
 def test_speechcommands_on_the_real_mini_pack(tmp_path):
     pack = DATA / "speech_commands_v001_mini"
@@ -273,6 +274,7 @@ def esc10_as_esc50_layout(tmp_path):
     return root, rows
 
 
+@pytest.mark.real_audio
 @needs_data
 def test_esc10_on_the_real_pack(tmp_path):
     root, rows = esc10_as_esc50_layout(tmp_path)
@@ -284,6 +286,7 @@ def test_esc10_on_the_real_pack(tmp_path):
     assert sorted(e["labels"][0] for e in prep.entries) == sorted(r["label"] for r in rows)
 
 
+@pytest.mark.real_audio
 @needs_data
 def test_esc50_real_metadata_reports_the_missing_folds(tmp_path):
     root = tmp_path / "esc50"

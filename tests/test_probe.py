@@ -222,16 +222,57 @@ def test_cli_multilabel_end_to_end(tmp_path, capsys):
 def test_entries_from_esc_layouts(tmp_path):
     (tmp_path / "pack").mkdir()
     (tmp_path / "pack" / "meta.csv").write_text("filename,label,fold\naudio/a.flac,dog,1\naudio/b.flac,rain,2\n")
-    e = probe.entries_from_pack(tmp_path / "pack", "esc10")
+    e = probe.load_entries(tmp_path / "pack", "esc10")
     assert e[0] == {"path": str(tmp_path / "pack" / "audio" / "a.flac"), "labels": ["dog"], "fold": 1,
                     "split": "fold1"}
     (tmp_path / "esc50" / "meta").mkdir(parents=True)
     (tmp_path / "esc50" / "meta" / "esc50.csv").write_text(
         "filename,fold,target,category,esc10,src_file,take\n1-1-A-0.wav,1,0,dog,True,1,A\n"
         "1-2-A-1.wav,1,1,rooster,False,2,A\n")
-    assert [x["labels"] for x in probe.entries_from_pack(tmp_path / "esc50", "esc10")] == [["dog"]]
-    assert len(probe.entries_from_pack(tmp_path / "esc50", "esc50")) == 2
-    assert probe.entries_from_pack(tmp_path / "esc50", "esc50")[1]["path"].endswith("esc50/audio/1-2-A-1.wav")
+    assert [x["labels"] for x in probe.load_entries(tmp_path / "esc50", "esc10")] == [["dog"]]
+    assert len(probe.load_entries(tmp_path / "esc50", "esc50")) == 2
+    assert probe.load_entries(tmp_path / "esc50", "esc50")[1]["path"].endswith("esc50/audio/1-2-A-1.wav")
+
+
+def test_probe_and_finetune_report_the_same_map_with_an_absent_class(caplog):
+    """One mAP: the probe's score (eval.linear.evaluate) and fine-tuning's (eval.finetune.evaluate_split) are the
+    same function's numbers, with a class that has no positive among the test rows left out of the mean."""
+    from sklearn.metrics import average_precision_score
+
+    from eval.finetune import evaluate_split, load_finetune_config
+    from eval.metrics import mean_average_precision
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 5))
+    Y = (X[:, :4] + 0.8 * rng.standard_normal((60, 4)) > 0.3).astype(np.int64)
+    train, test = np.arange(40), np.arange(40, 60)
+    Y[test, 3] = 0                                                     # class 3: no positive in the test rows
+    assert Y[train].any(axis=0).all() and not Y[train].all(axis=0).any()   # every class trainable
+    fitted = fit_probe(X[train], Y[train], 1.0, True, "torch")
+    scaler, linear = fitted[0], fitted[-1]
+    head = torch.nn.Linear(5, 4, dtype=torch.float64)                  # the fitted probe as a fine-tuned model
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(linear.coef_ / scaler.scale_))
+        head.bias.copy_(torch.from_numpy(linear.intercept_ - (linear.coef_ / scaler.scale_) @ scaler.mean_))
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = head
+
+        def forward(self, fbank):
+            return self.head(fbank)
+
+    clips = [{"fbank": torch.from_numpy(X[i]), "target": torch.from_numpy(Y[i].astype(np.float32))} for i in test]
+    cfg = load_finetune_config("audioset20k")
+    with caplog.at_level("WARNING", logger="eval.metrics"):
+        probe_map = evaluate(fitted, X[test], Y[test], True)
+        finetune_map = evaluate_split(Model(), clips, cfg, 8, "test")["test_mAP"]
+    present = [average_precision_score(Y[test, c], fitted.predict_proba(X[test])[:, c]) for c in range(3)]
+    assert probe_map == pytest.approx(float(np.mean(present)), abs=1e-12)
+    assert finetune_map == pytest.approx(probe_map, abs=1e-9)
+    assert sum("1 of 4 classes have no positive" in r.getMessage() for r in caplog.records) == 2
+    with pytest.raises(ValueError, match="mAP is undefined"):
+        mean_average_precision(np.zeros((3, 4)), np.ones((3, 4)))
 
 
 def test_benchmark_properties_from_the_registry():
@@ -257,6 +298,8 @@ ESC10_DEPTH = 12
 ESC10_FLOOR = 0.50
 
 
+@pytest.mark.real_audio
+@pytest.mark.slow
 @pytest.mark.skipif(not (ESC10 / "meta.csv").is_file(), reason=f"ESC-10 pack not found at {ESC10}")
 def test_esc10_random_tiny_probe_end_to_end(tmp_path, capsys):
     t0 = time.perf_counter()

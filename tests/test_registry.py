@@ -1,4 +1,4 @@
-"""The benchmark registry: every value against the reference tables (aum.md sections 2 and 3), the schedule
+"""The benchmark registry: every value against the tables of docs/models.md (features, recipes), the schedule
 conversion against the official per-epoch MultiStepLR loop, and the checks on recipe files."""
 import pytest
 import torch
@@ -9,7 +9,7 @@ from aum.train.optim import lr_at
 from aum.audio.features import get_preset
 from eval.registry import engine_settings, list_benchmarks, load_benchmark
 
-# reference section 2: classes, frames, mean / std, freqm / timem, mixup, metric (+ multi-label)
+# docs/models.md, features: classes, frames, mean / std, freqm / timem, mixup, metric (+ multi-label)
 INPUT = {
     "audioset": (527, 1024, -4.2677393, 4.5689974, 48, 192, 0.5, "mAP", True),
     "audioset20k": (527, 1024, -4.2677393, 4.5689974, 48, 192, 0.5, "mAP", True),
@@ -18,7 +18,7 @@ INPUT = {
     "speechcommands": (35, 128, -6.845978, 5.5654526, 48, 48, 0.6, "accuracy", False),
     "epic_sounds": (44, 1024, None, None, 48, 192, 0.0, "accuracy", False),
 }
-# reference section 3: epochs, lr, batch, decay start / every / factor, warm-up steps, warm-up epochs, loss, sampling
+# docs/models.md, fine-tuning recipes: epochs, lr, batch, decay start / every / factor, warm-up steps, warm-up epochs, loss, sampling
 RECIPES = {
     "audioset": (5, 1e-5, 12, 2, 1, 0.5, 1000, 0, "bce", "balanced"),
     "audioset20k": (25, 5e-5, 12, 10, 5, 0.5, 1000, 0, "bce", "uniform"),

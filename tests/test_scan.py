@@ -131,6 +131,7 @@ def test_no_grad_path_saves_nothing_and_grad_path_saves_chunk_states(monkeypatch
     assert out.grad_fn is None
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_no_grad_memory_does_not_grow_with_state_times_length(backend):
     """Under no_grad, the scan of a sequence whose full hidden states would take 512 MB stays far below."""

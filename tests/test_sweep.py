@@ -33,7 +33,8 @@ from slurm.status import job_states, squeue_states, wait_sweep
 HAVE_SLURM = slurm_available()
 NO_SLURM = "no SLURM here (sbatch/sinfo missing or slurmctld not answering): run `sudo slurm/local_cluster.sh start`"
 EXECUTORS = [pytest.param("local", id="local"),
-             pytest.param("slurm", id="slurm", marks=pytest.mark.skipif(not HAVE_SLURM, reason=NO_SLURM))]
+             pytest.param("slurm", id="slurm",
+                          marks=[pytest.mark.slurm, pytest.mark.skipif(not HAVE_SLURM, reason=NO_SLURM)])]
 PRETRAIN_STEPS = 24
 TASKS = 2 if (os.cpu_count() or 1) >= 2 else 1          # DDP ranks of the pretraining job (CPU processes)
 
@@ -154,6 +155,7 @@ def test_local_executor_refuses_what_one_machine_cannot_do(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slurm
 @pytest.mark.skipif(not HAVE_SLURM, reason=NO_SLURM)
 @pytest.mark.parametrize("resources,message", [
     ("cpus_per_task: 4096", "cannot satisfy"),
@@ -276,6 +278,9 @@ def _starts(out_dir: Path) -> list:
         return []
 
 
+@pytest.mark.ddp
+@pytest.mark.subprocess
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_sweep_end_to_end_with_requeue_and_resubmission(tmp_path, executor):
     sweep = load(tmp_path)

@@ -106,6 +106,7 @@ def test_trace_exception_is_the_final_exception_of_a_traceback():
     assert trace_exception("") == ""
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_a_failed_job_records_its_error_message(tmp_path, executor):
     """A job that fails at run time (a checkpoint that is not one) has the exception's message as its reason in

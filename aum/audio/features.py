@@ -22,18 +22,17 @@ import torch
 import torchaudio
 import torchaudio.compliance.kaldi as kaldi
 
+from aum.audio.frames import (EPIC_HOP_SAMPLES, EPIC_SAMPLE_RATE, EPIC_WINDOW_SAMPLES, FRAME_LENGTH_MS,
+                              FRAME_SHIFT_MS, KALDI_SAMPLE_RATE, WINDOW_SAMPLES, samples_for_frames)
 from aum.audio.io import resample, validate_waveform
 from aum.config import UnknownPresetError
 
 __all__ = [
     "FbankConfig", "NORM_PRESETS", "get_preset", "fbank", "pad_or_cut", "normalize",
-    "waveform_to_features", "epic_logmel", "NUM_MEL_BINS", "preset_record", "preset_from_record",
+    "waveform_to_features", "epic_logmel", "pad_to_one_frame", "NUM_MEL_BINS", "preset_record", "preset_from_record",
 ]
 
 NUM_MEL_BINS = 128
-KALDI_SAMPLE_RATE = 16000
-EPIC_SAMPLE_RATE = 24000
-_KALDI_MIN_SAMPLES = 400  # one 25 ms window at 16 kHz (snip_edges: shorter clips give no frame)
 _EPIC_EPS = 1e-6
 
 
@@ -140,14 +139,15 @@ def fbank(wave, sample_rate: int = KALDI_SAMPLE_RATE, name: str = "clip") -> tor
     """
     wave = validate_waveform(wave, name)
     wave = _to_rate(wave, sample_rate, KALDI_SAMPLE_RATE)
-    if wave.numel() < _KALDI_MIN_SAMPLES:
+    if wave.numel() < WINDOW_SAMPLES:
         raise ValueError(
             f"{name}: {wave.numel()} samples at 16 kHz is shorter than one 25 ms fbank window "
-            f"({_KALDI_MIN_SAMPLES} samples); pad the clip first")
+            f"({WINDOW_SAMPLES} samples); pad the clip first")
     wave = wave - wave.mean()
     feats = kaldi.fbank(
         wave[None], htk_compat=True, sample_frequency=KALDI_SAMPLE_RATE, use_energy=False,
-        window_type="hanning", num_mel_bins=NUM_MEL_BINS, dither=0.0, frame_shift=10)
+        window_type="hanning", num_mel_bins=NUM_MEL_BINS, dither=0.0, frame_shift=FRAME_SHIFT_MS,
+        frame_length=FRAME_LENGTH_MS)
     return feats.to(torch.float32)
 
 
@@ -197,10 +197,18 @@ def epic_logmel(wave, sample_rate: int = EPIC_SAMPLE_RATE, name: str = "clip") -
     wave = validate_waveform(wave, name)
     wave = _to_rate(wave, sample_rate, EPIC_SAMPLE_RATE).to(torch.float32)
     melspec = torchaudio.transforms.MelSpectrogram(
-        sample_rate=EPIC_SAMPLE_RATE, n_fft=2048, win_length=240, hop_length=120, f_min=0.0,
-        f_max=EPIC_SAMPLE_RATE / 2, n_mels=NUM_MEL_BINS, window_fn=torch.hann_window, power=1.0,
+        sample_rate=EPIC_SAMPLE_RATE, n_fft=2048, win_length=EPIC_WINDOW_SAMPLES, hop_length=EPIC_HOP_SAMPLES,
+        f_min=0.0, f_max=EPIC_SAMPLE_RATE / 2, n_mels=NUM_MEL_BINS, window_fn=torch.hann_window, power=1.0,
         center=True, pad_mode="constant", norm=None, mel_scale="htk").to(wave.device)
     return torch.log(melspec(wave) + _EPIC_EPS).T.contiguous()
+
+
+def pad_to_one_frame(wave: torch.Tensor, sample_rate: int, preset: str | FbankConfig = "audioset") -> torch.Tensor:
+    """``wave`` ``[n]`` zero-padded at the end to at least the samples (at ``sample_rate``) of one feature frame
+    of ``preset``'s front end (one 25 ms window for Kaldi; EPIC needs none), so that a too-short clip gives one
+    frame instead of an error; longer clips are returned unchanged."""
+    short = samples_for_frames(1, get_preset(preset).kind, sample_rate) - wave.numel()
+    return torch.nn.functional.pad(wave, (0, short)) if short > 0 else wave
 
 
 def waveform_to_features(wave, sample_rate: int, preset: str | FbankConfig = "audioset",

@@ -17,8 +17,8 @@ import soundfile as sf
 import torch
 
 __all__ = ["SOUND_CLASSES", "SOUND_NAMES", "tone", "chirp", "harmonic", "noise_burst", "click_train",
-           "am_tone", "fm_tone", "make_event", "generate_clip", "generate_labelled_clip", "SynthDataset",
-           "write_clips"]
+           "am_tone", "fm_tone", "make_event", "background_noise", "finish_mix", "generate_clip",
+           "generate_labelled_clip", "SynthDataset", "write_clips"]
 
 DEFAULT_SR = 16000
 
@@ -194,14 +194,18 @@ def make_event(kind: str, rng: np.random.Generator, duration: float, sr: int = D
     return _peak_norm(x * env)
 
 
-def _background(rng: np.random.Generator, n: int, sr: int, noise_level: float) -> np.ndarray:
+def background_noise(rng: np.random.Generator, n: int, sr: int, noise_level: float) -> np.ndarray:
+    """``n`` samples (float64) of white, pink or brown noise (drawn from ``rng``) at RMS ``noise_level``, the
+    background of every generated clip; zeros when ``noise_level <= 0`` (nothing drawn from ``rng``)."""
     if noise_level <= 0:
         return np.zeros(n)
     x = _colored_noise(rng, n, sr, ("white", "pink", "brown")[int(rng.integers(3))]).astype(np.float64)
     return x * (noise_level / max(float(np.sqrt(np.mean(x ** 2))), 1e-12))
 
 
-def _finish(mix: np.ndarray) -> np.ndarray:
+def finish_mix(mix: np.ndarray) -> np.ndarray:
+    """A mixture of events and background as a clip: non-finite samples zeroed, peak-normalised to 0.9,
+    float32 (all zeros stay zeros)."""
     mix = np.nan_to_num(mix, nan=0.0, posinf=0.0, neginf=0.0)
     return _peak_norm(mix, 0.9)
 
@@ -231,9 +235,9 @@ def generate_clip(seed: int, duration: float = 10.0, sample_rate: int = DEFAULT_
         mix[start:start + len(ev)] += 10 ** (lvl / 20.0) * ev
         events.append({"label": kind, "start_s": start / sample_rate, "end_s": (start + len(ev)) / sample_rate,
                        "level_db": float(lvl)})
-    mix += _background(rng, n, sample_rate, noise_level)
+    mix += background_noise(rng, n, sample_rate, noise_level)
     events.sort(key=lambda e: (e["start_s"], e["label"]))
-    return _finish(mix), events
+    return finish_mix(mix), events
 
 
 def _labelled(seed: int, label: str, duration: float, sample_rate: int, noise_level: float):
@@ -244,11 +248,11 @@ def _labelled(seed: int, label: str, duration: float, sample_rate: int, noise_le
     dur = n / sample_rate
     ev = make_event(label, rng, dur, sample_rate, min_duration=0.5 * dur, max_duration=dur)
     start = int(rng.integers(0, n - len(ev) + 1))
-    mix = _background(rng, n, sample_rate, noise_level)
+    mix = background_noise(rng, n, sample_rate, noise_level)
     mix[start:start + len(ev)] += ev
     events = [{"label": label, "start_s": start / sample_rate, "end_s": (start + len(ev)) / sample_rate,
                "level_db": 0.0}]
-    return _finish(mix), events
+    return finish_mix(mix), events
 
 
 def generate_labelled_clip(seed: int, label: str, duration: float = 10.0, sample_rate: int = DEFAULT_SR,

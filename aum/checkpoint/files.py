@@ -9,15 +9,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from aum.checkpoint.state_dict import CheckpointError, normalize_keys, unwrap
+from aum.checkpoint.state_dict import CheckpointError, unwrap
 
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")   # the weights file of a Hugging Face folder
 
 
-HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-
-
 def sniff_format(path: Path) -> str:
+    """``"safetensors"`` or ``"pickle"`` (a torch file), by the first bytes of ``path``; anything else raises
+    :class:`CheckpointError` naming the file."""
     with open(path, "rb") as fh:
         head = fh.read(9)
     if head[8:9] == b"{":                       # u64 header length, then the JSON header
@@ -28,7 +27,9 @@ def sniff_format(path: Path) -> str:
 
 
 def read_tensors(path: Path, map_location) -> tuple[dict, dict]:
-    """``(state_dict, safetensors metadata)`` of a file, pickles through ``weights_only=True`` only."""
+    """``(state_dict, safetensors metadata)`` of a file, pickles through ``weights_only=True`` only. The keys are
+    the file's own (a training checkpoint's state_dict unwrapped, no prefix stripped: see
+    :func:`aum.checkpoint.state_dict.normalize_keys`), so the layout can be told from them."""
     if sniff_format(path) == "safetensors":
         device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
         try:
@@ -36,7 +37,7 @@ def read_tensors(path: Path, map_location) -> tuple[dict, dict]:
                 sd, meta = {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
         except Exception as e:
             raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from e
-        return (sd if "aum_config" in meta else normalize_keys(sd)), meta
+        return sd, meta
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -46,6 +47,6 @@ def read_tensors(path: Path, map_location) -> tuple[dict, dict]:
     except Exception as e:
         raise CheckpointError(f"{path}: cannot read torch checkpoint ({type(e).__name__}: {e})") from e
     try:
-        return normalize_keys(unwrap(obj)), {}
+        return unwrap(obj), {}
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from e

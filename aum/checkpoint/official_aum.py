@@ -1,6 +1,6 @@
 """Foreign weights -> our AuM (in the spirit of timm's ``checkpoint_filter_fn``).
 
-* :func:`vim_to_aum`: Vision Mamba ImageNet state_dict -> AuM layout (reference section 4).
+* :func:`vim_to_aum`: Vision Mamba ImageNet state_dict -> AuM layout (docs/checkpoints.md).
 * :func:`adapt_to_model`: fit an AuM-layout state_dict to a model of another patch grid / class count.
 * :func:`init_from_pretrained`: initialise an existing model (e.g. a 35-class fine-tuning model) from any
   supported checkpoint, refusing silently-partial loads: only the head may be left out.

@@ -1,6 +1,6 @@
 """State_dicts of the released DASS checkpoints, converted to :class:`aum.models.dass.DASS` names.
 
-Two formats (``../shared/reference/dass.md``, section 2):
+Two formats (``docs/checkpoints.md`` lists their keys and shapes):
 
 * the original ``.pth`` (``DataParallel(DASS)``): every key starts with ``module.v.``; after that prefix the
   names and shapes are our own, so conversion is the prefix and a full check;
@@ -14,15 +14,18 @@ there with its shape (:class:`aum.checkpoint.CheckpointMismatchError`, naming th
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+from pathlib import Path
 
 import torch
 
-from aum.checkpoint.state_dict import CheckpointMismatchError
+from aum.checkpoint.state_dict import CheckpointError, CheckpointMismatchError
 from aum.models.dass import K_DIRECTIONS, DASS, DASSConfig
 from aum.models.registry import DASS_PRESETS
 
 ORIGINAL_PREFIX = "module.v."
+HEAD_KEYS = ("classifier.head.weight", "classifier.head.bias")    # our DASS head (re-initialised for new classes)
 _HF_RENAMES = (                                   # (HF pattern, our replacement), applied to the first match
     (r"^dass\.patch_embeddings\.projection\.0\.", "patch_embed.0."),
     (r"^dass\.patch_embeddings\.projection\.1\.", "patch_embed.2."),
@@ -161,5 +164,36 @@ def dass_state_dict_from_hf(state_dict: dict, config: DASSConfig | dict | None =
     return out
 
 
-__all__ = ["ORIGINAL_PREFIX", "check_dass_state_dict", "dass_config_from_hf", "dass_config_from_state_dict",
-           "dass_format", "dass_state_dict_from_hf", "dass_state_dict_from_original"]
+def read_dass(state_dict: dict, path, layout: str, config_file=None) -> tuple[dict, dict]:
+    """``(state_dict in our names, DASSConfig fields)`` of a released DASS file at ``path`` whose keys have
+    ``layout`` (``"original"`` or ``"hf"``, see :func:`dass_format`). ``config_file``: the Hugging Face
+    ``config.json`` beside the weights, when there is one; otherwise the architecture comes from the shapes.
+    Every failure is a :class:`aum.checkpoint.CheckpointError` naming the file (a partial or foreign file a
+    :class:`~aum.checkpoint.CheckpointMismatchError` naming the keys)."""
+    hf_config = None
+    if config_file is not None:
+        try:
+            hf_config = json.loads(Path(config_file).read_text())
+            if not isinstance(hf_config, dict):
+                raise ValueError("expected a JSON object")
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{config_file}: unreadable config ({e})") from e
+    try:
+        if layout == "original":
+            sd = dass_state_dict_from_original(state_dict)
+            config = dass_config_from_state_dict(sd)
+        elif layout == "hf":
+            config = dass_config_from_hf(hf_config) if hf_config is not None else None
+            sd = dass_state_dict_from_hf(state_dict, config)
+            config = config or dass_config_from_state_dict(sd)
+        else:
+            raise ValueError(f"unknown DASS layout {layout!r}; expected 'original' or 'hf'")
+    except CheckpointMismatchError as e:
+        raise CheckpointMismatchError(f"{path}: {e}" + (f" (architecture from {config_file})" if hf_config else "")
+                                      ) from None
+    return sd, config.to_dict()
+
+
+__all__ = ["HEAD_KEYS", "ORIGINAL_PREFIX", "check_dass_state_dict", "dass_config_from_hf",
+           "dass_config_from_state_dict", "dass_format", "dass_state_dict_from_hf", "dass_state_dict_from_original",
+           "read_dass"]

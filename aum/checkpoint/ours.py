@@ -1,7 +1,7 @@
 """Our checkpoint format: one ``.safetensors`` file that rebuilds its model and says how to feed it.
 
-The file holds the weights and, in its ``__metadata__``, the JSON of the model's config (``aum_config``), a format
-version (``aum_format``), optional user metadata (``aum_metadata``) and the feature preset the model was trained
+The file holds the weights and, in its ``__metadata__``, the JSON of the model's config (``aum_config``; a DASS
+file's also names its ``"family": "dass"``, absent = AuM), a format version (``aum_format``), optional user metadata (``aum_metadata``) and the feature preset the model was trained
 with (``aum_features``: :func:`aum.audio.features.preset_record` - name, sample_rate, num_mel_bins, mean, std,
 target_frames and its ``source``, e.g. ``pretrain:<out_dir>`` or ``finetune:<benchmark>``).
 :func:`feature_preset_of` is what consumers ask; a checkpoint without a record (official, Hugging Face, Vision
@@ -25,12 +25,14 @@ from aum.config import UnknownPresetError
 from aum.audio.features import FbankConfig, get_preset, preset_from_record, preset_record
 from aum.checkpoint.files import HF_WEIGHTS, sniff_format
 from aum.checkpoint.state_dict import CheckpointError, CheckpointMismatchError, RawCheckpoint
-from aum.models.aum import AuM, AuMConfig
+from aum.models.aum import AuM
+from aum.models.dass import DASS
+from aum.models.registry import model_from_config
 
 log = logging.getLogger(__name__)
 
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # the newest format this aum reads and writes (2: ``aum_config`` names its family)
 
 
 DEFAULT_FEATURE_PRESET = "audioset"   # what a checkpoint that records no feature preset is fed
@@ -42,34 +44,41 @@ _DEFAULT_WARNED: set[str] = set()     # checkpoints already warned about (one wa
 _LEGACY_KEYS = ("features", "preset", "feature_preset")   # user-metadata names of a preset in older files
 
 
-def save_checkpoint(model: AuM, path: str | os.PathLike, metadata: dict | None = None,
+def save_checkpoint(model: AuM | DASS, path: str | os.PathLike, metadata: dict | None = None,
                     feature_preset: str | FbankConfig | None = None, feature_source: str | None = None) -> Path:
-    """Write ``model`` to ``path`` as one safetensors file carrying its config, its feature preset (and JSON
-    ``metadata``).
+    """Write ``model`` (AuM or DASS) to ``path`` as one safetensors file carrying its config (with its family),
+    its feature preset (and JSON ``metadata``).
 
     ``feature_preset`` is the preset the model was trained with and ``feature_source`` where that came from
     (e.g. ``"pretrain:runs/x"``); without them, the model's own ``feature_preset`` (set by
-    :func:`load_checkpoint`) is kept, else :data:`DEFAULT_FEATURE_PRESET` is written with the source
-    ``"default: none given when saved"`` and a warning is logged. The record's ``target_frames`` is the
-    model's ``config.target_frames`` (the length it was trained on).
+    :func:`load_checkpoint`; a DASS has its family's, ``audioset``) is kept, else :data:`DEFAULT_FEATURE_PRESET`
+    is written with the source ``"default: none given when saved"`` and a warning is logged. The record's
+    ``target_frames`` is the model's ``config.target_frames`` (the length it was trained on).
+
+    An AuM file is of format 1 (``aum_config`` holds the AuMConfig fields, as before families); any other
+    family's is of format 2, its ``aum_config`` naming the ``family`` (older aum versions then say the file is
+    newer than they are).
 
     Atomic (:func:`aum.atomic.atomic_write`): an existing ``path`` is replaced whole or left untouched, and a
     full disk says so, naming the file.
     """
     path = Path(path)
+    config = model.config.to_dict()
     with torch.device("meta"):  # the stored config must rebuild exactly these tensors, or the file is useless
-        expected = {k: v.shape for k, v in AuM(AuMConfig.from_dict(model.config.to_dict())).state_dict().items()}
+        expected = {k: v.shape for k, v in model_from_config(model.family, config).state_dict().items()}
     if expected != {k: v.shape for k, v in model.state_dict().items()}:
         raise CheckpointMismatchError(f"not saving {path}: model.config no longer describes the model's tensors")
     if feature_preset is None and getattr(model, "feature_preset", None) is not None:
         feature_preset = model.feature_preset
-        feature_source = feature_source or getattr(model, "feature_preset_source", None)
+        feature_source = (feature_source or getattr(model, "feature_preset_source", None)
+                          or f"default: the {type(model).__name__} family's")
     if feature_preset is None:
         log.warning("%s: no feature preset given; recording the default %r (pass feature_preset= to "
                     "save_checkpoint)", path, DEFAULT_FEATURE_PRESET)
         feature_preset, feature_source = DEFAULT_FEATURE_PRESET, "default: none given when saved"
     features = preset_record(feature_preset, feature_source or "unspecified", model.config.target_frames)
-    meta = {"format": "pt", "aum_format": str(FORMAT_VERSION), "aum_config": json.dumps(model.config.to_dict()),
+    version, config = (1, config) if model.family == "aum" else (FORMAT_VERSION, {"family": model.family, **config})
+    meta = {"format": "pt", "aum_format": str(version), "aum_config": json.dumps(config),
             "aum_features": json.dumps(features)}
     if metadata:
         meta["aum_metadata"] = json.dumps(metadata)
@@ -87,8 +96,10 @@ def _recorded_features(checkpoint) -> tuple[FbankConfig | None, str, str]:
     """``(recorded preset or None, name of the checkpoint for messages, source of the record)`` of a path,
     RawCheckpoint or model."""
     if isinstance(checkpoint, torch.nn.Module):
-        return (getattr(checkpoint, "feature_preset", None), type(checkpoint).__name__,
-                getattr(checkpoint, "feature_preset_source", ""))
+        preset = getattr(checkpoint, "feature_preset", None)        # a name on a model class (DASS: its family's)
+        return (get_preset(preset) if isinstance(preset, str) else preset, type(checkpoint).__name__,
+                getattr(checkpoint, "feature_preset_source", None) or f"default: the {type(checkpoint).__name__} "
+                                                                       f"family's")
     if isinstance(checkpoint, RawCheckpoint):
         record, legacy, where = checkpoint.features, checkpoint.metadata, checkpoint.path
     else:

@@ -41,8 +41,9 @@ class LoadReport:
 
 
 class RawCheckpoint(NamedTuple):
-    """A file read but not yet loaded: its ``kind`` (one of :data:`KINDS`), ``state_dict``, the AuMConfig
-    fields it implies (``None`` for Vision Mamba) and our user metadata (empty for foreign files)."""
+    """A file read but not yet loaded: its ``kind`` (one of :data:`aum.checkpoint.load.KINDS`), ``state_dict``
+    (in the names of our model of that ``family``), the config fields it implies (``None`` for Vision Mamba) and
+    our user metadata (empty for foreign files)."""
 
     kind: str
     state_dict: dict[str, torch.Tensor]
@@ -50,6 +51,7 @@ class RawCheckpoint(NamedTuple):
     metadata: dict
     path: str
     features: dict | None = None    # our files: the feature-preset record (:func:`aum.audio.features.preset_record`)
+    family: str = "aum"             # the encoder family: "aum" (AuMConfig fields) or "dass" (DASSConfig fields)
 
 
 def load_state_dict_checked(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], allow_missing=(),

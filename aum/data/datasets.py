@@ -19,13 +19,14 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from aum.audio.features import get_preset, pad_to_one_frame, waveform_to_features
+from aum.audio.frames import KALDI_SAMPLE_RATE, frames_for_samples, samples_for_frames
 from aum.audio.io import AudioDecodeError, load_audio
-from aum.audio.features import get_preset, waveform_to_features
 from aum.audio.synth import generate_clip
 
 __all__ = ["AUDIO_EXTENSIONS", "MAX_BAD_LOADS", "scan_audio", "read_manifest", "check_files", "BadFileLog",
            "UnusableDataError", "AudioClipDataset", "SynthAudioDataset", "EpochSampler", "collate_skip_bad",
-           "format_bad_file_report"]
+           "format_bad_file_report", "load_clip", "bad_file_reason", "epoch_index"]
 
 log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg") + ((".mp3",) if "MP3" in sf.available_formats() else ())
@@ -180,23 +181,38 @@ class UnusableDataError(ValueError):
     :func:`format_bad_file_report`."""
 
 
-def _reason(e: Exception) -> str:
-    return ("missing" if isinstance(e, FileNotFoundError) else "decode_error" if isinstance(e, AudioDecodeError)
-            else "empty" if "empty" in str(e) else "non_finite" if "non-finite" in str(e)
-            else "invalid" if isinstance(e, ValueError) else "io_error" if isinstance(e, OSError) else "error")
+def load_clip(entry: dict, sample_rate: int) -> torch.Tensor:
+    """The audio of one entry (``path``; optional ``start``/``stop`` in seconds, ``None`` or ``""``: unset) as a
+    mono float tensor at ``sample_rate`` (:func:`aum.audio.load_audio`), cut to ``[start, stop)``. A missing,
+    undecodable or non-finite file raises what ``load_audio`` raises; an empty segment raises ``ValueError``
+    naming the file and the segment. :func:`bad_file_reason` names the failure for a :class:`BadFileLog`."""
+    wave = load_audio(entry["path"], sample_rate)
+    start, stop = (entry.get(k) if entry.get(k) not in (None, "") else None for k in ("start", "stop"))
+    wave = wave[max(0, round(float(start or 0) * sample_rate)):
+                None if stop is None else round(float(stop) * sample_rate)]
+    if wave.numel() == 0:
+        raise ValueError(f"{entry['path']}: empty segment start={start} stop={stop}")
+    return wave
 
 
-def _key(key, epoch: int, n: int) -> tuple[int, int]:
+def bad_file_reason(error: Exception) -> str:
+    """The ``reason`` a :class:`BadFileLog` records for a failed load: ``missing``, ``decode_error``, ``empty``,
+    ``non_finite``, ``invalid`` (another ``ValueError``), ``io_error`` (another ``OSError``) or ``error``."""
+    text = str(error)
+    return ("missing" if isinstance(error, FileNotFoundError) else "decode_error"
+            if isinstance(error, AudioDecodeError) else "empty" if "empty" in text else "non_finite"
+            if "non-finite" in text else "invalid" if isinstance(error, ValueError) else "io_error"
+            if isinstance(error, OSError) else "error")
+
+
+def epoch_index(key, epoch: int, n: int) -> tuple[int, int]:
+    """``(epoch, index)`` of a dataset key: an ``(epoch, index)`` pair (:class:`EpochSampler`) or a plain index,
+    which takes ``epoch`` (the dataset's :meth:`set_epoch`). Negative indices count from the end; an index
+    outside a dataset of ``n`` items raises ``IndexError``."""
     epoch, index = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (epoch, int(key))
     if not -n <= index < n:
         raise IndexError(f"index {index} out of range for a dataset of {n} items")
     return epoch, index % n
-
-
-def _crop_samples(frames: int, sample_rate: int, cfg) -> int:
-    """Samples at ``sample_rate`` whose features have ``frames`` frames (Kaldi 25/10 ms, or EPIC 5 ms hop)."""
-    n = 400 + (frames - 1) * 160 if cfg.kind == "kaldi" else (frames - 1) * 120
-    return int(np.ceil(n * sample_rate / cfg.sample_rate))
 
 
 class _EpochMixin:
@@ -231,12 +247,12 @@ class AudioClipDataset(_EpochMixin, torch.utils.data.Dataset):
             raise ValueError("AudioClipDataset: no audio files given")
         self.sample_rate, self.preset, self.seed = int(sample_rate), get_preset(preset), int(seed)
         if crop_seconds is not None:  # the frames of that many seconds
-            n = round(float(crop_seconds) * self.preset.sample_rate)
-            crop_frames = max(1, 1 + (n - 400) // 160 if self.preset.kind == "kaldi" else 1 + n // 120)
+            crop_frames = max(1, frames_for_samples(round(float(crop_seconds) * self.preset.sample_rate),
+                                                    self.preset.kind))
         if crop_frames is not None and int(crop_frames) < 1:
             raise ValueError(f"crop_frames must be a positive integer or None, got {crop_frames!r}")
         self.crop_frames = None if crop_frames is None else int(crop_frames)  # None: whole clips, own length
-        self.crop_samples = crop_frames and _crop_samples(self.crop_frames, self.sample_rate, self.preset)
+        self.crop_samples = crop_frames and samples_for_frames(self.crop_frames, self.preset.kind, self.sample_rate)
         self.return_waveform = bool(return_waveform)
         self.bad_files = BadFileLog(bad_files_path)
         self._failed: set[int] | None = set()   # entries that failed before any clip loaded; None once one has
@@ -256,21 +272,18 @@ class AudioClipDataset(_EpochMixin, torch.utils.data.Dataset):
     def _bad(self, index: int, epoch: int, error: Exception) -> None:
         """Record the failed load of entry ``index`` in ``bad_files`` and count it for :meth:`_check_usable`
         (a successful load sets ``self._failed = None``: the data set is usable)."""
-        self.bad_files.record(self.entries[index]["path"], _reason(error), f"{type(error).__name__}: {error}",
-                              index, epoch)
+        self.bad_files.record(self.entries[index]["path"], bad_file_reason(error),
+                              f"{type(error).__name__}: {error}", index, epoch)
         if self._failed is not None:
             self._failed.add(index)
 
     def _load(self, entry: dict) -> torch.Tensor:
-        sr, wave = self.sample_rate, load_audio(entry["path"], self.sample_rate)
-        wave = wave[max(0, round(entry.get("start", 0) * sr)):round(entry["stop"] * sr) if "stop" in entry else None]
-        if wave.numel() == 0:
-            raise ValueError(f"{entry['path']}: empty segment start={entry.get('start')} stop={entry.get('stop')}")
-        return wave
+        """The waveform of ``entry`` at the data set's rate (:func:`load_clip`); subclasses add other sources."""
+        return load_clip(entry, self.sample_rate)
 
     def __getitem__(self, key):
         """Item for ``index`` or ``(epoch, index)``; ``None`` if the file is bad (the failure is logged)."""
-        epoch, index = _key(key, self.epoch, len(self.entries))
+        epoch, index = epoch_index(key, self.epoch, len(self.entries))
         entry = self.entries[index]
         self._check_usable()
         try:
@@ -289,8 +302,7 @@ class AudioClipDataset(_EpochMixin, torch.utils.data.Dataset):
 
 def _item(wave, sample_rate, preset, frames, index, path, label=None, wave_len=None) -> dict:
     """Features of ``wave`` (too-short clips padded to one window; features zero-padded to ``frames``)."""
-    short = max(0, _crop_samples(1, sample_rate, preset) - wave.numel())
-    feats = waveform_to_features(torch.nn.functional.pad(wave, (0, short)), sample_rate, preset=preset,
+    feats = waveform_to_features(pad_to_one_frame(wave, sample_rate, preset), sample_rate, preset=preset,
                                  target_frames=frames, name=path)
     pad = None if wave_len is None else torch.nn.functional.pad(wave, (0, max(0, wave_len - wave.numel()))).float()
     item = {"fbank": feats.to(torch.float32), "index": index, "path": path, "label": label, "wave": pad}
@@ -307,17 +319,17 @@ class SynthAudioDataset(_EpochMixin, torch.utils.data.Dataset):
                  return_waveform: bool = False):
         self.length, self.crop_frames, self.seed = int(length), int(crop_frames), int(seed)
         self.preset, self.return_waveform = get_preset(preset), bool(return_waveform)
-        self.duration = self.crop_frames * 0.01 + 0.015
+        self.duration = samples_for_frames(self.crop_frames) / KALDI_SAMPLE_RATE
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, key):
         """Item for ``index`` or ``(epoch, index)``."""
-        epoch, index = _key(key, self.epoch, self.length)
+        epoch, index = epoch_index(key, self.epoch, self.length)
         clip_seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
         wave = torch.from_numpy(generate_clip(clip_seed, self.duration)[0])
-        return _item(wave, 16000, self.preset, self.crop_frames, index, f"synth:{clip_seed}", None,
+        return _item(wave, KALDI_SAMPLE_RATE, self.preset, self.crop_frames, index, f"synth:{clip_seed}", None,
                      wave.numel() if self.return_waveform else None)
 
 

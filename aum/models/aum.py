@@ -2,7 +2,7 @@
 
 Layout and parameter names follow the official AuM checkpoints (``patch_embed.proj``, ``cls_token``,
 ``pos_embed.pos_embed`` with the class slot at index 0, ``layers.{i}.mixer/norm``, ``norm_f``, ``head``),
-so their state_dicts load as they are. See ``../shared/reference/aum.md`` for the facts.
+so their state_dicts load as they are. ``docs/models.md`` (AuM) has the facts this is built from.
 
 Input: ``[batch, frames, mel]`` log-mel fbank. The spectrogram is read as an image ``[batch, 1, mel, frames]``
 and cut into 16x16 patches; tokens are in frequency-major order (``index = f * T' + t``). Any number of
@@ -155,7 +155,7 @@ class AuM(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """From-scratch init of the official code (see the reference, section 1)."""
+        """From-scratch init of the official code (docs/models.md, "Initialisation from scratch")."""
         nn.init.trunc_normal_(self.pos_embed.pos_embed, std=0.02)
         if hasattr(self, "cls_token"):
             nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -190,6 +190,10 @@ class AuM(nn.Module):
     def frame_multiple(self, layer: int | None = None) -> int:
         """Input frames per token along time (the patch stride)."""
         return int(self.config.patch_stride[1])
+
+    def token_frames(self, layer: int | None = None) -> int:
+        """Input frames one token covers along time (the patch width; ``frame_multiple`` is the step)."""
+        return int(self.config.patch_size[1])
 
     def token_grid(self, frames: int, mel: int | None = None, layer: int | None = None) -> tuple[int, int]:
         """Token grid ``(frequency, time)`` of a ``[frames, mel]`` input (the same at every layer)."""

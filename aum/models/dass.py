@@ -4,7 +4,7 @@ Pure PyTorch, channel-first ``[batch, C, H, W]`` throughout, with H = frequency 
 W = time. A stem of two stride-2 convolutions, four stages of VSS blocks (an SS2D mixer scanning the grid in
 four directions, then an MLP) with a stride-2 downsampling between stages, and a head LN -> average pool ->
 Linear. No position embedding and no class token, so any number of frames works (each stride-2 conv maps
-``n -> ceil(n / 2)``). See ``../shared/reference/dass.md`` for the facts this is built from.
+``n -> ceil(n / 2)``). ``docs/models.md`` (DASS) has the facts this is built from.
 
 Module names follow the official ``.pth`` (after its ``module.v.`` prefix): ``patch_embed.{0,2,5,7}``,
 ``layers.{i}.blocks.{j}.{norm,op,norm2,mlp}``, ``layers.{i}.downsample.{1,3}``, ``classifier.{norm,head}``,
@@ -236,7 +236,7 @@ class DASS(nn.Module):
     ``num_classes == 0``); ``forward_features`` returns an :class:`aum.models.AuMOutput` with ``cls=None``."""
 
     family: ClassVar[str] = "dass"
-    feature_preset: ClassVar[str] = "audioset"     # Kaldi fbank, AudioSet mean/std (the reference, section 3)
+    feature_preset: ClassVar[str] = "audioset"     # Kaldi fbank, AudioSet mean/std (docs/models.md)
     has_cls: ClassVar[bool] = False                # no class token: ``pooled`` is the mean of the tokens
 
     def __init__(self, config: DASSConfig | None = None, **overrides):
@@ -296,6 +296,11 @@ class DASS(nn.Module):
         """Input frames (and mel bins) per token along time (frequency) at read-out ``layer`` (32 at the last)."""
         stage = len(self.config.dims) - 1 if layer is None else self.stage_of(layer)
         return 2 ** (2 + stage)
+
+    def token_frames(self, layer: int | None = None) -> int:
+        """Input frames one token stands for along time at read-out ``layer``: its ``frame_multiple`` cell (a
+        partial last cell counts as a token: ``ceil``)."""
+        return self.frame_multiple(layer)
 
     def token_grid(self, frames: int, mel: int | None = None, layer: int | None = None) -> tuple[int, int]:
         """Token grid ``(frequency, time)`` of a ``[frames, mel]`` input at read-out ``layer`` (default last)."""

@@ -18,21 +18,13 @@ from pathlib import Path
 
 import torch
 
-from aum.atomic import atomic_write
+from aum.atomic import atomic_write, atomic_write_text
 from aum.train.state import read_pointer
 
 log = logging.getLogger(__name__)
 
 BEST_FORMAT = "aum-engine-best/1"
 __all__ = ["BestKeeper", "best_checkpoint", "load_best"]
-
-
-def _atomic_save(obj, path: Path) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def best_checkpoint(out_dir: str | os.PathLike) -> Path | None:
@@ -85,8 +77,8 @@ class BestKeeper:
         state = {"format": BEST_FORMAT, "step": int(step), "metric": self.metric, "score": score,
                  "metrics": {k: float(v) for k, v in metrics.items()},
                  "model": {k: v.detach().cpu() for k, v in module.state_dict().items()}}
-        _atomic_save(state, self.path(step))
-        _atomic_text(self.path(step).name + "\n", self.ckpt_dir / "best")
+        atomic_write(self.path(step), lambda f: torch.save(state, f))
+        atomic_write_text(self.ckpt_dir / "best", self.path(step).name + "\n")
         self.step, self.score, self.metrics = int(step), score, state["metrics"]
         if previous is not None and previous != self._committed_step:
             self.path(previous).unlink(missing_ok=True)
@@ -122,7 +114,7 @@ class BestKeeper:
                 f.unlink(missing_ok=True)
         pointer = self.ckpt_dir / "best"
         if self.step is not None and self.path(self.step).is_file():
-            _atomic_text(self.path(self.step).name + "\n", pointer)
+            atomic_write_text(pointer, self.path(self.step).name + "\n")
         else:
             if self.step is not None:
                 log.warning("best weights of step %d are missing: selection restarts", self.step)

@@ -1,18 +1,23 @@
 """``python -m eval.prepare NAME ROOT OUT``: write a benchmark's manifest from its official download."""
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 
-from eval.prepare import PREPARERS, PrepareError, prepare
+from aum.cli import CommandLine, run_cli
+from eval.prepare import PREPARERS, prepare
 
 
 def main(argv=None) -> int:
-    """Command-line entry point; returns the exit status (2 for a :class:`PrepareError`)."""
-    ap = argparse.ArgumentParser(prog="python -m eval.prepare", description=__doc__,
-                                 epilog="Each dataset's expected layout: see the docstring of eval/prepare/<NAME>.py")
+    """Command-line entry point (``aum-prepare``); returns the exit status: 0 done, 2 a usage error or a
+    :class:`eval.prepare.PrepareError` (one message, :func:`aum.cli.run_cli`)."""
+    return run_cli("aum-prepare", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    ap = CommandLine("python -m eval.prepare", __doc__,
+                     epilog="Each dataset's expected layout: see the docstring of eval/prepare/<NAME>.py")
     ap.add_argument("name", choices=sorted(PREPARERS), help="benchmark / dataset")
     ap.add_argument("root", help="the official download, unpacked")
     ap.add_argument("out", help="folder for manifest.jsonl, classes.txt, prepare_report.json")
@@ -20,7 +25,7 @@ def main(argv=None) -> int:
     ap.add_argument("--strict", action="store_true", help="vggsound: a missing clip is an error")
     ap.add_argument("--full-videos", action="store_true",
                     help="audioset: files hold whole videos; cut the listed segment")
-    args = ap.parse_args(argv)
+    args = ap.parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = {"audio": args.audio} if args.audio else {}
     if args.strict:
@@ -31,11 +36,7 @@ def main(argv=None) -> int:
         if not args.name.startswith("audioset"):
             ap.error("--full-videos applies to audioset / audioset20k only")
         options["full_videos"] = True
-    try:
-        prepared = prepare(args.name, args.root, args.out, **options)
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    prepared = prepare(args.name, args.root, args.out, **options)
     print(json.dumps({"dataset": args.name, "clips": len(prepared.entries), "classes": len(prepared.classes),
                       **prepared.report}, indent=2))
     print(f"wrote {args.out}/manifest.jsonl, classes.txt, prepare_report.json")

@@ -20,10 +20,10 @@ import collections
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aum.atomic import atomic_write_text
 from aum.data.datasets import AUDIO_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -112,16 +112,6 @@ def check_splits(dataset: str, entries: list[dict], expected) -> dict:
     return {s: counts.get(s, 0) for s in list(expected) + sorted(set(counts) - set(expected))}
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def write_prepared(prepared: Prepared, out: str | os.PathLike, dataset: str) -> Path:
     """Write ``manifest.jsonl``, ``classes.txt`` and ``prepare_report.json`` into ``out`` (created); returns the
     manifest path. Class names must be unique and free of line breaks; every label must be one of them."""
@@ -131,11 +121,11 @@ def write_prepared(prepared: Prepared, out: str | os.PathLike, dataset: str) -> 
     if dupes or any("\n" in c or not c.strip() for c in prepared.classes):
         raise PrepareError(f"{dataset}: class names must be unique, non-empty single lines (duplicates: {dupes})")
     check_labels(dataset, [lab for e in prepared.entries for lab in e["labels"]], prepared.classes, "the manifest")
-    _atomic_text(out / CLASSES, "".join(c + "\n" for c in prepared.classes))
-    _atomic_text(out / MANIFEST, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in prepared.entries))
+    atomic_write_text(out / CLASSES, "".join(c + "\n" for c in prepared.classes))
+    atomic_write_text(out / MANIFEST, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in prepared.entries))
     report = {"dataset": dataset, "clips": len(prepared.entries), "classes": len(prepared.classes),
               **prepared.report}
-    _atomic_text(out / REPORT, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
     return out / MANIFEST
 
 
