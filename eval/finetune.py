@@ -1,14 +1,17 @@
-"""Supervised fine-tuning of an AuM encoder on a benchmark with its recipe (eval/recipes/<benchmark>.yaml).
+"""Supervised fine-tuning of an AuM or DASS encoder on a benchmark with its recipe (eval/recipes/<benchmark>.yaml).
 
     python -m eval.finetune BENCHMARK MANIFEST --init scratch|imagenet PATH|aum PATH|ssl PATH [key=value ...]
+    python -m eval.finetune BENCHMARK MANIFEST --random PRESET [key=value ...]     # = --init scratch model.preset=
     python -m eval.finetune esc10 prep/esc10/manifest.jsonl --init ssl runs/pretrain/encoder.safetensors \\
         run.out=runs/ft_esc10 run.fold=all recipe.lr=5e-5
 
 ``BENCHMARK`` is a registered name or a YAML file of the same form; ``MANIFEST`` comes from ``python -m
-eval.prepare`` (``classes.txt`` beside it). ``--init``: ``scratch`` (random), ``imagenet`` (Vision Mamba weights),
-``aum`` (an AuM checkpoint: official, Hugging Face or ours, e.g. AudioSet-trained) or ``ssl`` (our pretraining's
-``encoder.safetensors``); the architecture comes from the checkpoint unless ``model.*`` says otherwise, and the
-position grid and head are adapted (:func:`aum.checkpoint.adapt.load_raw_into`, the body of ``init_from_pretrained``).
+eval.prepare`` (``classes.txt`` beside it). ``--init``: ``scratch`` (random, of ``model.preset``: an AuM preset or a
+DASS one such as ``dass_tiny``), ``imagenet`` (Vision Mamba weights), ``aum`` (a released or trained checkpoint:
+official AuM, Hugging Face, DASS ``.pth`` or HF port, or ours, e.g. AudioSet-trained) or ``ssl`` (our pretraining's
+``encoder.safetensors``); the family and architecture come from the checkpoint unless ``model.*`` says otherwise,
+and the position grid (AuM) and head are adapted (:func:`aum.checkpoint.adapt.load_raw_into`, the body of
+``init_from_pretrained``).
 
 The epoch is chosen on the VALIDATION split (the manifest's, or carved from the training clips; for k-fold
 benchmarks from the training folds) and the TEST split is scored once, with the selected weights. Each run (each
@@ -36,7 +39,7 @@ from omegaconf import OmegaConf
 from aum.checkpoint import feature_preset_of, read_checkpoint, save_checkpoint
 from aum.checkpoint.adapt import load_raw_into
 from aum.checkpoint.official_aum import infer_config
-from aum.cli import EXIT_OK, CommandLine, RunStopped, run_cli, save_run_config, stopped_message
+from aum.cli import EXIT_OK, CommandLine, RunStopped, UsageError, run_cli, save_run_config, stopped_message
 from aum.config import load_config, to_dataclass
 from aum.data.datasets import collate_skip_bad, format_bad_file_report
 from aum.train.distributed import barrier, dist_env
@@ -44,8 +47,8 @@ from aum.train.config import EngineConfig
 from aum.train.engine import Trainer
 from aum.train.state import latest_checkpoint
 from aum.audio.features import get_preset
-from aum.models import AuM, AuMConfig
-from aum.models.registry import PRESETS, check_model_options, model_config, preset_fields
+from aum.models.registry import (check_model_options, list_models, model_config, model_from_config, model_name,
+                                 preset_family, preset_fields)
 from aum.train.selection import load_best
 from eval.ft_data import FinetuneDataset, balanced_weights, check_entries, load_manifest, make_splits
 from eval.metrics import score
@@ -56,13 +59,12 @@ from eval.registry import BenchmarkFile, check_benchmark, engine_settings, recip
 log = logging.getLogger("eval.finetune")
 INITS = {"scratch": ("scratch", None), "imagenet": ("imagenet", "vim"), "aum": ("official", "auto"),
          "ssl": ("ssl", "auto")}
-ARCH_KEYS = ("embed_dim", "depth", "mixer", "cls_position", "num_mel_bins", "patch_size", "patch_stride", "d_state",
-             "d_conv", "expand", "norm_eps", "residual_in_fp32")
 
 
 @dataclass
 class ModelSpec:
-    """Architecture overrides; unset fields come from the init checkpoint (or the ``base`` preset from scratch)."""
+    """Architecture overrides; unset fields come from the init checkpoint (or the ``base`` preset from scratch).
+    ``preset`` may be a DASS preset (``dass_tiny``); the other fields are AuM options."""
 
     preset: Optional[str] = None
     mixer: Optional[str] = None
@@ -78,7 +80,7 @@ class RunSpec:
     out: str = ""
     seed: int = 0
     fold: str = "all"
-    model_name: str = ""             # the record's model name; "" = tiny/small/base[-d<depth>] from the width
+    model_name: str = ""             # the record's model name; "" = aum.models.registry.model_name (tiny-d2, dass_tiny)
     classes: str = ""
     device: str = "auto"
     precision: str = "auto"
@@ -112,28 +114,31 @@ def load_finetune_config(benchmark: str, overrides=()) -> FinetuneConfig:
     return cfg
 
 
-def model_name(config: dict) -> str:
-    """``tiny``/``small``/``base`` (by width), ``-d<depth>`` when not 24 (the naming of :mod:`eval.probe`)."""
-    preset = next((n for n, p in PRESETS.items() if p["embed_dim"] == config.get("embed_dim")), None)
-    return (preset or f"D{config.get('embed_dim')}") + ("" if config.get("depth", 24) == 24 else f"-d{config['depth']}")
-
-
 def build_model(cfg: FinetuneConfig, init: str, path: str | None):
-    """``(model, load report or None)``: the architecture of the checkpoint (or preset), ``model.*`` overrides,
-    the benchmark's classes and frames; weights from ``path`` with the grid resized and the head replaced."""
+    """``(model, load report or None)``: the encoder family and architecture of the checkpoint (AuM or DASS; from
+    scratch, of ``model.preset``), ``model.*`` overrides, the benchmark's classes and frames; weights from
+    ``path`` with the grid resized (AuM) and the head replaced. ``ValueError`` when ``model.*`` names another
+    family than the checkpoint's, or an AuM option for a DASS."""
     raw = None if init == "scratch" else read_checkpoint(path, kind=INITS[init][1])
     if raw is None:
-        arch = model_config(cfg.model.preset or "base").to_dict()
+        preset = cfg.model.preset or "base"
+        family, arch = preset_family(preset), model_config(preset).to_dict()
     elif raw.kind == "vim":
+        family = "aum"
         arch = infer_config({k: v for k, v in raw.state_dict.items() if k != "pos_embed" and not k.startswith("head.")})
     else:
-        arch = dict(raw.config)
-    arch = {k: v for k, v in arch.items() if k in ARCH_KEYS}
+        family, arch = raw.family, dict(raw.config)
     if raw is not None and cfg.model.preset:
+        if preset_family(cfg.model.preset) != family:
+            raise ValueError(f"model.preset {cfg.model.preset!r} is of the {preset_family(cfg.model.preset)!r} "
+                             f"family, but the init checkpoint {path} holds a {family!r} encoder")
         arch.update(preset_fields(cfg.model.preset))
-    arch.update({k: v for k, v in asdict(cfg.model).items() if k != "preset" and v is not None})
-    model = AuM(AuMConfig.from_dict({**arch, "num_classes": cfg.benchmark.num_classes,
-                                     "target_frames": cfg.benchmark.target_frames}))
+    overrides = {k: v for k, v in asdict(cfg.model).items() if k != "preset" and v is not None}
+    if family != "aum" and overrides:
+        raise ValueError(f"model.{next(iter(overrides))} is an AuM option; the encoder to fine-tune is {family!r} "
+                         + (f"(init checkpoint {path})" if path else f"(model.preset {cfg.model.preset!r})"))
+    model = model_from_config(family, {**arch, **overrides, "num_classes": cfg.benchmark.num_classes,
+                                       "target_frames": cfg.benchmark.target_frames})
     if raw is None:
         return model, None
     report = load_raw_into(model, raw)
@@ -261,7 +266,7 @@ def run_one(cfg: FinetuneConfig, entries, classes, init: str, path: str | None, 
     bad = format_bad_file_report(bad_log) if bad_log.exists() else "bad audio files: none"
     rec = ResultRecord(
         benchmark=b.name, mode="finetune", init=INITS[init][0],
-        model=run.model_name or model_name(trainer.module.config.to_dict()),
+        model=run.model_name or model_name(trainer.module.config.to_dict(), trainer.module.family),
         metric=b.metric, value=float(test[f"test_{b.metric}"]), seed=run.seed, fold=fold, checkpoint=str(ckpt),
         config=OmegaConf.to_container(OmegaConf.structured(cfg)),
         extra={"init_kind": init, "init_path": path, "load_notes": list(report.notes) if report else [],
@@ -352,15 +357,24 @@ def build_parser() -> CommandLine:
     p = CommandLine("python -m eval.finetune", __doc__, config=FinetuneConfig, listed=("model", "run"))
     p.add_argument("benchmark", help="a registered benchmark name or a benchmark YAML file")
     p.add_argument("manifest", help="manifest.jsonl of python -m eval.prepare (classes.txt beside it)")
-    p.add_argument("--init", nargs="+", metavar=("KIND", "PATH"), action=_InitAction, default=("scratch", None),
-                   help=f"{' | '.join(INITS)}: scratch (default) takes no PATH, the others a checkpoint PATH")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--init", nargs="+", metavar=("KIND", "PATH"), action=_InitAction, default=("scratch", None),
+                     help=f"{' | '.join(INITS)}: scratch (default) takes no PATH, the others a checkpoint PATH")
+    src.add_argument("--random", metavar="PRESET", choices=list_models("all"),
+                     help="randomly initialised preset, AuM or DASS (the same as --init scratch model.preset=PRESET)")
     return p
 
 
 def check_args(args) -> FinetuneConfig:
     """The config a parsed command line (:func:`build_parser`) fine-tunes with, checked
-    (:func:`load_finetune_config`) without reading the manifest or building a model."""
-    return load_finetune_config(args.benchmark, args.overrides)
+    (:func:`load_finetune_config`) without reading the manifest or building a model; ``--random PRESET`` is
+    ``model.preset=PRESET`` (:class:`aum.cli.UsageError` beside another ``model.preset``)."""
+    overrides = list(args.overrides)
+    if args.random:
+        if any(o.startswith("model.preset=") for o in overrides):
+            raise UsageError(f"--random {args.random} sets model.preset; drop the model.preset= override")
+        overrides.insert(0, f"model.preset={args.random}")
+    return load_finetune_config(args.benchmark, overrides)
 
 
 def run(argv=None) -> list[ResultRecord]:

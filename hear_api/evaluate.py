@@ -130,7 +130,8 @@ def _model_facts(checkpoint: str, options: dict) -> dict:
     if model.trained:
         from aum.checkpoint import read_checkpoint
         raw = read_checkpoint(checkpoint)
-        init = {"official": "official", "hf": "official", "vim": "imagenet"}.get(raw.kind, "scratch")
+        init = {"official": "official", "hf": "official", "dass_original": "official", "dass_hf": "official",
+                "vim": "imagenet"}.get(raw.kind, "scratch")
         if raw.kind == "aum" and raw.metadata.get("objective"):
             init = "ssl"
     from aum.models.registry import model_name

@@ -198,6 +198,7 @@ def test_every_console_script_is_tested_here():
     assert sorted(line.split("=")[0].strip() for line in section.splitlines() if "=" in line) == sorted(SCRIPTS)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_help_exits_0(name):
     res = _script(name, "--help")
@@ -219,6 +220,8 @@ def task(tmp_path_factory):
     return root
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_tiny_runs_of_the_console_scripts_exit_0(task, tmp_path):
     """One cheap successful invocation per script (aum-hear-eval needs the HEAR environment and minutes, and
     ``aum-hear-env --check`` answers 1 for "not ready" by design: --help only for those two)."""
@@ -244,6 +247,7 @@ def test_tiny_runs_of_the_console_scripts_exit_0(task, tmp_path):
     assert list((tmp_path / "tables").glob("*.md"))
 
 
+@pytest.mark.subprocess
 def test_input_errors_exit_2_with_one_message(tmp_path):
     res = _script("aum-pretrain", "engine.typo=1", f"engine.out_dir={tmp_path / 'r'}", cwd=tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr

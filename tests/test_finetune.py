@@ -18,7 +18,7 @@ from eval.ft_data import (FinetuneDataset, balanced_weights, carve_validation, c
                           read_hdf5_segment)
 from eval.metrics import accuracy, mean_average_precision
 from eval.prepare import PrepareError, prepare
-from eval.records import read_records
+from eval.records import ResultRecord, read_records, write_record
 from eval.registry import load_benchmark
 
 TASK = """benchmark: {name: synth7, num_classes: 7, target_frames: 64, preset: speechcommands,
@@ -316,3 +316,53 @@ def test_main_exit_statuses_and_a_run_config_kept_until_the_start_is_checked(tas
     assert ft.main([*base, f"run.out={run_dir}"]) == 3
     err = capsys.readouterr().err
     assert "fine-tuning synth7 stopped by a signal" in err and "run the same command again to resume" in err
+
+
+def test_dass_fine_tunes_from_random_and_from_a_checkpoint_and_is_named_in_the_tables(task, tmp_path):
+    from aum.checkpoint import save_checkpoint
+    from aum.models import DASS, create_model
+    import pandas as pd
+
+    from eval.results import records_frame, summarise, wide_table
+    base = [str(task / "task.yaml"), str(task / "prep" / "manifest.jsonl"), "run.device=cpu", "run.max_steps=2",
+            "run.max_eval_clips=8"]
+    rec = ft.run([base[0], base[1], "--random", "dass_tiny", *base[2:], f"run.out={tmp_path / 'random'}"])[0]
+    assert rec.model == "dass_tiny" and rec.init == "scratch" and 0 <= rec.value <= 1
+    best = load_checkpoint(rec.checkpoint)                          # our file rebuilds the fine-tuned DASS
+    assert isinstance(best, DASS) and best.config.num_classes == 7 and best.feature_preset.name == "speechcommands"
+    init = save_checkpoint(create_model("dass_tiny", num_classes=3), tmp_path / "dass3.safetensors")
+    rec = ft.run([base[0], base[1], "--init", "aum", str(init), *base[2:], "run.max_steps=1",
+                  f"run.out={tmp_path / 'init'}"])[0]
+    assert rec.model == "dass_tiny" and rec.init == "official"
+    assert any("head of 3 classes dropped: the model has 7 classes" in n for n in rec.extra["load_notes"])
+    assert "init checkpoint trained with feature preset 'audioset'; fine-tuning feeds 'speechcommands' " \
+        "(benchmark.preset)" in rec.extra["load_notes"]
+    aum_rec = ResultRecord(benchmark="synth7", mode="finetune", init="scratch", model="tiny-d2", metric="accuracy",
+                           value=0.5, seed=0, code_version="test")
+    write_record(aum_rec, tmp_path / "random" / "records")
+    frame = pd.concat([records_frame(tmp_path / run / "records") for run in ("random", "init")])
+    summary = summarise(frame)                                       # aum-results: a row per model, no special case
+    assert set(summary["model"]) == {"dass_tiny", "tiny-d2"}
+    table = wide_table(summary, "finetune")
+    assert {"synth7 (dass_tiny)", "synth7 (tiny-d2)"} <= set(table.index)
+    assert table.loc["synth7 (dass_tiny)", "official"] != "-" and table.loc["synth7 (dass_tiny)", "scratch"] != "-"
+
+
+def test_dass_model_options_are_checked_with_the_config(tmp_path):
+    cfg = ft.load_finetune_config("speechcommands", ["model.preset=dass_tiny"])
+    model, _ = ft.build_model(cfg, "scratch", None)
+    assert model.family == "dass" and model.config.num_classes == 35 and model.config.target_frames == 128
+    with pytest.raises(ValueError, match=r"model\.depth is an AuM option; model\.preset 'dass_tiny' is a DASS"):
+        ft.load_finetune_config("speechcommands", ["model.preset=dass_tiny", "model.depth=2"])
+    from aum.checkpoint import save_checkpoint
+    from aum.models import create_model
+    path = save_checkpoint(create_model("dass_tiny"), tmp_path / "d.safetensors")
+    for overrides, message in ((["model.preset=tiny"], r"model\.preset 'tiny' is of the 'aum' family, but the init "
+                                                       r"checkpoint .*d\.safetensors holds a 'dass' encoder"),
+                               (["model.mixer=v2"], r"model\.mixer is an AuM option; the encoder to fine-tune is "
+                                                    r"'dass'")):
+        with pytest.raises(ValueError, match=message):
+            ft.build_model(ft.load_finetune_config("speechcommands", overrides), "ssl", str(path))
+    with pytest.raises(SystemExit, match="--random dass_tiny sets model.preset"):
+        ft.check_args(ft.build_parser().parse(["speechcommands", "m.jsonl", "--random", "dass_tiny",
+                                               "model.preset=tiny"]))

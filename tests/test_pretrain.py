@@ -204,6 +204,7 @@ def reference_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.subprocess                   # reference_run: the real `python -m pretrain`
 def test_same_command_gives_the_same_encoder_and_a_killed_run_resumes_to_it(reference_run, tmp_path):
     rc, stdout, err = _finish(_command(tmp_path / "again"))
     assert rc == 0, err[-3000:]
@@ -224,6 +225,7 @@ def test_same_command_gives_the_same_encoder_and_a_killed_run_resumes_to_it(refe
     assert _same_encoder(_encoder(tmp_path / "killed"), _encoder(reference_run))
 
 
+@pytest.mark.subprocess
 def test_ctrl_c_writes_a_checkpoint_exits_3_and_the_rerun_resumes(reference_run, tmp_path):
     out = tmp_path / "int"
     proc = _command(out)
@@ -240,6 +242,7 @@ def test_ctrl_c_writes_a_checkpoint_exits_3_and_the_rerun_resumes(reference_run,
     assert _same_encoder(_encoder(out), _encoder(reference_run))
 
 
+@pytest.mark.subprocess
 def test_a_failed_start_leaves_the_run_config_alone(reference_run, tmp_path):
     before = (reference_run / "config.yaml").read_text()
     for bad in (["engine.optimizer=sgd"], ["data.source=/nonexistent/audio"], ["objective.name=byol"]):

@@ -1,9 +1,10 @@
 """Our checkpoint format: one ``.safetensors`` file that rebuilds its model and says how to feed it.
 
 The file holds the weights and, in its ``__metadata__``, the JSON of the model's config (``aum_config``; a DASS
-file's also names its ``"family": "dass"``, absent = AuM), a format version (``aum_format``), optional user metadata (``aum_metadata``) and the feature preset the model was trained
-with (``aum_features``: :func:`aum.audio.features.preset_record` - name, sample_rate, num_mel_bins, mean, std,
-target_frames and its ``source``, e.g. ``pretrain:<out_dir>`` or ``finetune:<benchmark>``).
+file's also names its ``"family": "dass"``, absent = AuM), a format version (``aum_format``), optional user
+metadata (``aum_metadata``) and the feature preset the model was trained with (``aum_features``:
+:func:`aum.audio.features.preset_record` - name, sample_rate, num_mel_bins, mean, std, target_frames and its
+``source``, e.g. ``pretrain:<out_dir>`` or ``finetune:<benchmark>``).
 :func:`feature_preset_of` is what consumers ask; a checkpoint without a record (official, Hugging Face, Vision
 Mamba, files of older aum versions) gets :data:`DEFAULT_FEATURE_PRESET` (``audioset``) and one logged warning per
 file naming it. A preset the caller passes explicitly wins over the recorded one, with a warning when they differ.
