@@ -7,8 +7,8 @@ The command-line convention (every console script; parsed by :class:`CommandLine
   arguments, flags, and ``--debug`` (show the traceback of an input error);
 - a command with a config (a dataclass schema: ``aum-pretrain``, ``aum-finetune``) takes ``key=value`` overrides
   (omegaconf dotlist: dotted keys, values parsed as YAML) as its trailing arguments, after the positionals and
-  flags; ``--help`` lists every key with its default, and a key the schema lacks is a usage error naming the
-  closest key and the valid keys at its level. A word that does not start with ``-`` and holds ``=`` is an
+  flags; ``--help`` lists every key with its default, and a key the schema lacks is an input error
+  (:class:`aum.config.ConfigError`, exit 2) naming the closest key and the valid keys at its level. A word that does not start with ``-`` and holds ``=`` is an
   override (write a path with ``=`` in it as ``./a=b``);
 - a command may also read a YAML config file first (``aum-pretrain CONFIG.yaml`` or ``--config CONFIG.yaml``):
   schema defaults < the file < the overrides.
@@ -148,7 +148,8 @@ class CommandLine(argparse.ArgumentParser):
     def parse(self, argv=None) -> argparse.Namespace:
         """Parse ``argv`` (``sys.argv[1:]`` when None): the namespace of the positionals and flags, plus
         ``overrides`` (the ``key=value`` words, checked against ``config``) and ``config`` (the YAML file or
-        None) when the parser has them. ``--help`` prints the help and exits 0; errors raise :class:`UsageError`."""
+        None) when the parser has them. ``--help`` prints the help and exits 0; a malformed override or an unknown
+        key raises :class:`aum.config.ConfigError` (naming the valid keys), other errors :class:`UsageError`."""
         argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
         words, overrides = argv, []
         if self.config is not None:
@@ -165,10 +166,7 @@ class CommandLine(argparse.ArgumentParser):
         if self.config is not None:
             if args.overrides:                                  # stray positionals argparse gave to the overrides
                 self.error(f"unexpected argument(s) {' '.join(args.overrides)}")
-            try:
-                check_overrides(self.config, overrides)
-            except ConfigError as e:
-                self.error(str(e))
+            check_overrides(self.config, overrides)             # ConfigError, as for a key of a config file
             args.overrides = overrides
         if self.config_file:
             given = [p for p in (args.config, args.config_option) if p is not None]

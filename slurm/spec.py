@@ -26,7 +26,7 @@ A sweep file (OmegaConf YAML; ``key=value`` overrides on the command line) holds
         encoders: [pretrain, scratch, imagenet]
         benchmarks: [esc50, synth_a]
         seeds: [0, 1, 2]
-        args: {embedding: mean}     # probe: its flags; finetune: its key=value settings (run.*, recipe.*)
+        args: {embedding: mean}     # plain keys: --flags; dotted keys (run.*, recipe.*): key=value overrides
         grid: {layer: [6, 12]}      # optional: more axes
         after: []                   # optional: stages to wait for without using their output
         resources: {time_min: 60}

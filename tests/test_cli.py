@@ -90,24 +90,29 @@ def test_positionals_flags_and_trailing_overrides():
         _parser().parse(["data", "--lr", "3"])
     with pytest.raises(UsageError, match=r"unexpected argument\(s\) more"):
         _parser().parse(["data", "more"])
-    with pytest.raises(UsageError, match="malformed override '=3'"):
+    with pytest.raises(ConfigError, match="malformed override '=3'"):
         _parser().parse(["data", "=3"])
 
 
-def test_a_misspelt_key_names_the_valid_keys():
-    with pytest.raises(UsageError) as err:
+def test_a_misspelt_key_names_the_valid_keys(capsys):
+    with pytest.raises(ConfigError) as err:
         _parser().parse(["data", "b.rat=1"])
     assert str(err.value) == ("unknown config key 'b.rat' in override 'b.rat=1'; did you mean 'b.rate'? "
                               "Valid keys under b: c, rate")
-    assert err.value.usage.startswith("usage: prog ") and err.value.code == str(err.value)
-    with pytest.raises(UsageError, match="unknown config key 'nme'.*Valid keys: x, name, b"):
+    with pytest.raises(ConfigError, match="unknown config key 'nme'.*Valid keys: x, name, b"):
         _parser().parse(["data", "nme=1"])
+    assert run_cli("prog", lambda argv: _parser().parse(argv), ["data", "b.rat=1"]) == 2
+    assert "prog: error: unknown config key 'b.rat'" in capsys.readouterr().err
 
 
 def test_run_cli_prints_the_usage_and_the_error(capsys):
-    assert run_cli("prog", lambda argv: _parser().parse(argv), ["data", "b.rat=1"]) == 2
+    with pytest.raises(UsageError) as err:
+        _parser().parse(["data", "--size", "big"])
+    assert str(err.value) == err.value.code == "argument --size: invalid int value: 'big'"
+    assert err.value.usage.startswith("usage: prog ")
+    assert run_cli("prog", lambda argv: _parser().parse(argv), ["data", "--size", "big"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: prog ") and "prog: error: unknown config key 'b.rat'" in err
+    assert err.startswith("usage: prog ") and "prog: error: argument --size: invalid int value: 'big'" in err
     assert "Traceback" not in err
 
 
@@ -135,8 +140,8 @@ def test_config_file_and_overrides():
     assert split(["configs/run.yaml", "x=[1,2]"]) == ("configs/run.yaml", ["x=[1,2]"])
     assert split(["x=1", "name=a=b"]) == (None, ["x=1", "name=a=b"])
     for bad in (["--lr", "3"], ["x=1", "run.yaml"], ["--config"], ["a.yaml", "--config", "b.yaml"], ["=3"],
-                ["a.yaml", "b.yaml"], ["--config="]):
-        with pytest.raises(UsageError):
+                ["a.yaml", "b.yaml"], ["--config="], ["x=1", "nmae=a"]):
+        with pytest.raises((UsageError, ConfigError)):
             split(bad)
 
 
@@ -150,10 +155,11 @@ def test_finetune_init_kind_and_path():
                           (["--init", "ssl", "a", "b"], "--init ssl takes one checkpoint path, got 2: a b"),
                           (["--init", "scratch", "a"], "--init scratch takes no checkpoint, got a"),
                           (["--init", "vim", "a"], "--init must be one of ['aum', 'imagenet', 'scratch', 'ssl']"),
-                          (["run.fold=al1", "--init", "scratch"], "after the key=value overrides"),
-                          (["run.flod=1"], "did you mean 'run.fold'?")]:
+                          (["run.fold=al1", "--init", "scratch"], "after the key=value overrides")]:
         with pytest.raises(UsageError, match=re.escape(message)):
             build_parser().parse(["esc50", "m.jsonl", *argv])
+    with pytest.raises(ConfigError, match="did you mean 'run.fold'?"):
+        build_parser().parse(["esc50", "m.jsonl", "run.flod=1"])
 
 
 # ------------------------------------------------------------------------------------------------ config.yaml

@@ -161,6 +161,15 @@ def test_mistyped_key_lists_the_valid_ones(tmp_path):
         _run(tmp_path, "data.crop_frame=64")
 
 
+def test_a_dass_preset_is_refused_naming_the_option(tmp_path, capsys):
+    """The objectives need AuM internals (patch grid, embed()): a DASS preset fails the config check, exit 2."""
+    assert pretrain_main(["model.preset=dass_tiny", f"engine.out_dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert "model.preset 'dass_tiny' is a DASS preset, but pretraining (its objectives use the AuM patch grid and " \
+           "embed()) builds only AuM encoders: one of base, small, tiny" in err
+    assert not (tmp_path / "r").exists()
+
+
 # ------------------------------------------------------------------ the real command: seeding, resume, config.yaml
 
 TINY = ["model.depth=2", "data.crop_frames=128", "data.synth_clips=64", "engine.batch_size=4", "engine.max_steps=8",

@@ -32,6 +32,10 @@ from test_sweep import EXECUTORS, TINY, _assert_nothing_submitted, load, sweep_f
      "stages.probe: --metric must be one of accuracy, mAP; got 'map' (job probe/ssast/synth_a-seed0 and 7 more)"),
     ({"scratch: {preset: tiny, depth: 2}": "scratch: {preset: tiniest, depth: 2}"},
      "inits.scratch.preset must be one of base, small, tiny; got 'tiniest'"),
+    ({"args: {model.depth: 2,": "args: {model.depth: 2, model.preset: dass_tiny,"},
+     "stages.pretrain: model.preset 'dass_tiny' is a DASS preset, but pretraining"),
+    ({"scratch: {preset: tiny, depth: 2}": "scratch: {preset: dass_tiny, depth: 2}"},
+     "inits.scratch.depth is an AuM option; inits.scratch.preset 'dass_tiny' is a DASS encoder"),
     ({"scratch: {preset: tiny, depth: 2}": "scratch: {init: scrach, preset: tiny}"},
      "inits.scratch: init must be one of ('scratch', 'imagenet', 'ssl', 'official'), got 'scrach'"),
     ({"clips: 28, duration: 1.25": "clips: 10, duration: 1.25"},
@@ -85,6 +89,20 @@ def test_valid_values_pass_the_checks(tmp_path):
     pretrain, probes, finetunes = 2 * 3, (2 * 3 + 1) * 2 * 2, 2 * 3 * 2      # encoders x benchmarks x seeds
     assert len(state["jobs"]) == pretrain + probes + finetunes + 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dass_init_runs_through_probe_and_finetune_stages(tmp_path):
+    """A DASS preset is an encoder like any other in the eval stages: the same job words, checked alike."""
+    sweep = load(tmp_path, **{"scratch: {preset: tiny, depth: 2}": "scratch: {preset: tiny, depth: 2}\n"
+                                                                   "  dass: {init: scratch, preset: dass_tiny}",
+                              "encoders: [pretrain, scratch]": "encoders: [pretrain, scratch, dass]",
+                              "encoders: [pretrain]": "encoders: [pretrain, dass]"})
+    state = submit_sweep(sweep, "local", dry_run=True, say=lambda *a: None)
+    assert len(state["jobs"]) == 1 + 3 * 2 * 2 + 2 * 2 + 1 and not (tmp_path / "out").exists()
+    ft = sweep.job("finetune/dass/synth_a-seed0")
+    assert "--init" in ft.argv and "model.preset=dass_tiny" in ft.argv and "run.model_name=dass_tiny" in ft.argv
+    probe = sweep.job("probe/dass/synth_b-seed1")
+    assert probe.argv[probe.argv.index("--random") + 1] == "dass_tiny" and "--depth" not in probe.argv
 
 
 def test_pretraining_itself_rejects_what_the_dry_run_rejects(tmp_path, capsys):

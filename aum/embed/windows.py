@@ -156,8 +156,8 @@ def encode_columns(model, x: torch.Tensor, layers: list[int], window_frames: int
     hop_cols = max(1, (int(hop_frames) // st) if hop_frames else win_cols // 2)
     starts = [s * st for s in window_starts(n_cols, win_cols, hop_cols)]     # in frames
     if len(starts) == 1:                                  # one window: the whole clip (padded, or as it is)
-        win_frames = win_frames if pad_to_window else span
-    x = _pad_frames(x, max(span, win_frames) if len(starts) == 1 else span, pad_value)
+        win_frames = win_frames if pad_to_window else n_frames
+    x = _pad_frames(x, win_frames if len(starts) == 1 else span, pad_value)
     plans = []                                            # per layer: columns, window starts, owned ranges
     for n, (_, s) in zip(layers, geometry):
         cols_l = model.token_grid(n_frames, mel, n)[1]
