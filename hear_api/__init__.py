@@ -1,4 +1,4 @@
-"""The HEAR 2021 API for AuM encoders: name this module (``hear_api``) to hear-eval-kit.
+"""The HEAR 2021 API for AuM and DASS encoders: name this module (``hear_api``) to hear-eval-kit.
 
 ::
 
@@ -9,9 +9,11 @@
 
 ``load_model(model_file_path="", **options)`` loads any checkpoint :func:`aum.checkpoint.load_checkpoint`
 reads (ours, the official AuM ``.pth`` files, the Hugging Face re-upload folder / ``model.safetensors``,
-Vision Mamba ImageNet weights, a headless self-supervised encoder). With no path it uses
+Vision Mamba ImageNet weights, a headless self-supervised encoder, a DASS checkpoint). With no path it uses
 ``$AUM_HEAR_CHECKPOINT`` if set, else the documented default: a **randomly initialised, untrained**
-AuM-tiny (depth 24, seed 0; ``arch``/``depth``/``seed`` options change it), announced with a loud warning.
+AuM-tiny (depth 24, seed 0; ``arch``/``depth``/``seed`` options change it, ``arch="dass_tiny"`` a DASS one),
+announced with a loud warning. The encoder describes its own columns (:func:`aum.embed.time_geometry`); the
+numbers below are AuM's (DASS: 320 ms columns of 4 frequency cells, no class token).
 
 Embeddings (all computed by :mod:`aum.embed`, which handles any length in bounded memory):
 

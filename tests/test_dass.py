@@ -470,6 +470,9 @@ def test_partial_or_foreign_dass_files_are_refused_naming_file_and_keys(tmp_path
                                                   '"num_classes": 5}')
     with pytest.raises(CheckpointMismatchError, match=r"(?s)unexpected keys: layers\.2\.blocks\.1\..*config\.json"):
         load_checkpoint(tmp_path / "cfg")
+    torch.save(tiny().state_dict(), tmp_path / "bare.pth")
+    with pytest.raises(CheckpointError, match=r"bare\.pth: a bare DASS state_dict in aum's names, without the config"):
+        load_checkpoint(tmp_path / "bare.pth")
 
 
 def test_init_from_pretrained_reinitialises_only_the_head_and_refuses_the_other_family(tmp_path):

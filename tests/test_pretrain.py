@@ -108,6 +108,7 @@ def _losses(out):
     return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_pretraining_loss_falls_and_the_encoder_loads_alone(tmp_path):
     out, summary = _run(tmp_path, "engine.max_steps=40", "engine.lr=1e-3", "engine.warmup_steps=5",
                         "engine.ckpt_every=20", "engine.image_every=20", "mask.strategy=cluster")
@@ -122,6 +123,7 @@ def test_pretraining_loss_falls_and_the_encoder_loads_alone(tmp_path):
     assert (out / "tb").is_dir()
 
 
+@pytest.mark.slow
 def test_mae_pretraining_runs_end_to_end(tmp_path):
     out, _ = _run(tmp_path, "objective.name=mae", "engine.max_steps=6", "mask.strategy=time")
     assert len(_losses(out)) == 6
@@ -138,6 +140,7 @@ def _write_folder(folder, n_good=6):
     return folder
 
 
+@pytest.mark.slow
 def test_bad_files_are_skipped_counted_and_reported(tmp_path):
     data = _write_folder(tmp_path / "audio")
     out, summary = _run(tmp_path, f"data.source={data}", "engine.max_steps=4", "engine.batch_size=4")

@@ -1,8 +1,9 @@
 """Checkpoints: our format, the released foreign formats, and checked loading into a model.
 
     from aum.checkpoint import load_checkpoint, save_checkpoint
-    model = load_checkpoint("run/encoder.safetensors")     # also: official AuM .pth, HF folder, Vim ImageNet .pth
-    save_checkpoint(model, "run/copy.safetensors")         # one file: weights, config, feature preset
+    model = load_checkpoint("run/encoder.safetensors")     # also: official AuM .pth, HF folder, Vim ImageNet .pth,
+                                                           # DASS .pth (module.v.*) and DASS HF folder (dass.*)
+    save_checkpoint(model, "run/copy.safetensors")         # one file: weights, config (and family), feature preset
 
 The modules, lowest first: :mod:`~aum.checkpoint.state_dict` (errors, reports, checked loads, key helpers),
 :mod:`~aum.checkpoint.files` (file kinds, safe reading), :mod:`~aum.checkpoint.ours` (our safetensors format and

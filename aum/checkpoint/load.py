@@ -80,6 +80,9 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str = "au
         config_file = folder / "config.json" if want == "hf" and (folder / "config.json").is_file() else None
         sd, config = read_dass(sd, path, want, config_file)
         return RawCheckpoint(f"dass_{want}", sd, config, {}, str(path), None, "dass")
+    if layout == "aum" and kind == "auto":
+        raise CheckpointError(f"{path}: a bare DASS state_dict in aum's names, without the config that rebuilds "
+                              f"it; write the model with aum.checkpoint.save_checkpoint instead")
     sd = normalize_keys(sd)
     is_vim = "pos_embed" in sd or sd.get("patch_embed.proj.weight", torch.empty(0, 1)).shape[1] == 3
     if kind == "vim" or (kind == "auto" and is_vim):
@@ -99,9 +102,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", **config_overri
     (official, Vision Mamba, DASS without ``config.json``); ``config_overrides`` (fields of that family's config)
     win. Overrides that change the patch grid or the class count are adapted as in :func:`init_from_pretrained`
     (position grid resized, head re-initialised).
-    For official / Hugging Face files, ``cls_position`` and the official options
-    (:data:`aum.checkpoint.official_aum.OFFICIAL_OPTIONS`, e.g. ``strides=(10, 10)``, ``if_devide_out=False``) describe the file
-    (``hints`` of :func:`read_checkpoint`).
+    For official AuM / Hugging Face files, ``cls_position`` and the official options
+    (:data:`aum.checkpoint.official_aum.OFFICIAL_OPTIONS`, e.g. ``strides=(10, 10)``, ``if_devide_out=False``)
+    describe the file (``hints`` of :func:`read_checkpoint`).
     The model carries ``feature_preset`` and ``feature_preset_source``: how to feed it (see
     :func:`feature_preset_of`; a file without a record gets the default and one warning).
     """
