@@ -1,18 +1,23 @@
-"""Scaling with input length: AuM against an AST-style Transformer of the same width and depth.
+"""Scaling with input length: AuM against an AST-style Transformer of the same width and depth (and, with
+``--dass``, a DASS preset beside them).
 
 Both models see the same inputs: 1, 2, 4, 8 and 16 times a 10 s input (1024 frames), batch 1. The
 Transformer is a ViT/AST encoder built from ``torch.nn.TransformerEncoderLayer`` (pre-norm, GELU, MLP 4x,
 heads = width / 64), whose attention runs through ``scaled_dot_product_attention``, with the same 16x16 patch
-embedding, learned positions and a class token. Each (model, length, mode) runs in a fresh subprocess and
+embedding, learned positions and a class token. DASS (``--dass dass_small``) scans a 4x4-patch grid
+(32 x frames/4 positions in its first stage: 8,192 per 10 s) in four directions, halving it per stage.
+Each (model, length, mode) runs in a fresh subprocess and
 reports wall time (median of ``--repeats``) and peak memory (CPU: growth of peak RSS over the process's
 footprint before the step; CUDA: ``max_memory_allocated``). Modes: ``forward`` (no gradients) and ``train``
 (forward + backward).
 
     python benchmarks/scaling.py [--preset tiny] [--multiples 1 2 4 8 16] [--out runs/scaling]
+    python benchmarks/scaling.py --preset small --dass dass_small       # DASS beside AuM small and its twin
     python benchmarks/scaling.py --device cuda --preset base        # on a GPU (mamba-ssm kernels if installed)
 
 Writes ``scaling.json`` and ``scaling.png`` to ``--out`` and prints, for each model and mode,
-time(16x)/time(1x) and memory(16x)/memory(1x), and the shortest length at which AuM is faster.
+time(16x)/time(1x) and memory(16x)/memory(1x), and the shortest length at which AuM (and DASS) is faster
+than the Transformer.
 """
 from __future__ import annotations
 
@@ -28,8 +33,8 @@ WORKER = textwrap.dedent("""
     import torch
     import torch.nn as nn
     from aum.models import create_model, model_config
-    model_name, preset, frames, mode, device, repeats = sys.argv[1:7]
-    frames, repeats = int(frames), int(repeats)
+    model_name, preset, frames, mode, device, repeats, backend = sys.argv[1:8]
+    frames, repeats, backend = int(frames), int(repeats), None if backend == "auto" else backend
     torch.manual_seed(0)
     cfg = model_config(preset)
 
@@ -49,7 +54,8 @@ WORKER = textwrap.dedent("""
             return self.norm(self.blocks(x))[:, 0]
 
     grid = (128 // 16) * (frames // 16)
-    model = (create_model(preset) if model_name == "aum" else AST(cfg.embed_dim, cfg.depth, grid)).to(device)
+    model = (AST(cfg.embed_dim, cfg.depth, grid) if model_name == "ast"
+             else create_model(preset, scan_backend=backend)).to(device)
     x = torch.randn(1, frames, 128, device=device)
     def step():
         if mode == "train":
@@ -79,11 +85,13 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def run_one(model, preset, frames, mode, device, repeats, timeout):
-    """One measurement in a fresh interpreter; ``None`` when it fails or runs out of memory / time."""
+def run_one(model, preset, frames, mode, device, repeats, timeout, backend="auto"):
+    """One measurement in a fresh interpreter (``model``: ``aum`` or ``dass``, built from ``preset``, or
+    ``ast``, the Transformer twin of AuM preset ``preset``); ``{"error": ...}`` when it fails or runs out of
+    memory / time."""
     try:
-        out = subprocess.run([sys.executable, "-c", WORKER, model, preset, str(frames), mode, device, str(repeats)],
-                             capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run([sys.executable, "-c", WORKER, model, preset, str(frames), mode, device, str(repeats),
+                              backend], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout} s"}
     if out.returncode != 0:
@@ -92,21 +100,23 @@ def run_one(model, preset, frames, mode, device, repeats, timeout):
 
 
 def summarise(results, multiples):
-    """Ratios 16x/1x (largest/smallest multiple) of time and memory, and the AuM crossover length."""
+    """Ratios 16x/1x (largest/smallest multiple) of time and memory per model in ``results``, and the
+    crossover length of each state-space model (AuM, DASS) against the Transformer."""
     lo, hi = min(multiples), max(multiples)
     summary = {}
     for mode in ("forward", "train"):
-        for model in ("aum", "ast"):
+        for model in results:
             r = {m: results[model][mode].get(str(m)) or results[model][mode].get(m) for m in multiples}
             ok = all(v and "seconds" in v for v in (r[lo], r[hi]))
             summary[f"{model}_{mode}"] = {
                 "time_ratio": r[hi]["seconds"] / r[lo]["seconds"] if ok else None,
                 "memory_ratio": r[hi]["peak_mib"] / max(r[lo]["peak_mib"], 1e-9) if ok else None}
-        faster = [m for m in multiples
-                  if "seconds" in results["aum"][mode][m] and ("seconds" not in results["ast"][mode][m]
-                                                               or results["aum"][mode][m]["seconds"]
-                                                               < results["ast"][mode][m]["seconds"])]
-        summary[f"aum_faster_from_{mode}"] = min(faster) if faster else None
+        for model in (name for name in results if name != "ast"):
+            faster = [m for m in multiples
+                      if "seconds" in results[model][mode][m] and ("seconds" not in results["ast"][mode][m]
+                                                                   or results[model][mode][m]["seconds"]
+                                                                   < results["ast"][mode][m]["seconds"])]
+            summary[f"{model}_faster_from_{mode}"] = min(faster) if faster else None
     return summary
 
 
@@ -117,13 +127,15 @@ def plot(results, multiples, frames, path):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     seconds = [m * frames / 100 for m in multiples]
-    for model, color in (("aum", "tab:blue"), ("ast", "tab:red")):
+    colors = {"aum": "tab:blue", "ast": "tab:red", "dass": "tab:green"}
+    for model in results:
         for mode, style in (("forward", "-"), ("train", "--")):
             rows = [results[model][mode][m] for m in multiples]
             for ax, key in zip(axes, ("seconds", "peak_mib")):
                 xs = [s for s, r in zip(seconds, rows) if key in r]
                 ys = [r[key] for r in rows if key in r]
-                ax.plot(xs, ys, style, color=color, marker="o", label=f"{model.upper()} {mode}")
+                if ys:                                          # a mode not run (or failed throughout): no line
+                    ax.plot(xs, ys, style, color=colors[model], marker="o", label=f"{model.upper()} {mode}")
     for ax, label in zip(axes, ("time per step (s)", "peak memory (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -139,7 +151,11 @@ def plot(results, multiples, frames, path):
 def main(argv=None):
     """Measure, print the ratios, write JSON and PNG."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", default="tiny", help="AuM preset (and the width/depth of its Transformer twin)")
+    p.add_argument("--dass", default=None, metavar="PRESET", help="also measure this DASS preset, e.g. dass_small")
+    p.add_argument("--backend", default="auto", choices=["auto", "fused", "torch", "cuda"],
+                   help="selective-scan backend of AuM and DASS (auto: cuda on a GPU if installed, else fused "
+                        "where a C compiler is found, else torch)")
     p.add_argument("--frames", type=int, default=1024, help="frames of the 1x input (10 s)")
     p.add_argument("--multiples", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--modes", nargs="+", default=["forward", "train"])
@@ -148,17 +164,29 @@ def main(argv=None):
     p.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
     p.add_argument("--out", default="runs/scaling")
     args = p.parse_args(argv)
+    from aum.config import UnknownPresetError
+    from aum.models.dass import halve
+    from aum.models.registry import preset_family
+    for flag, name, family in (("--preset", args.preset, "aum"), ("--dass", args.dass, "dass")):
+        try:
+            if name is not None and preset_family(name) != family:
+                p.error(f"{flag} {name!r} is not a {family.upper()} preset")
+        except UnknownPresetError as err:
+            p.error(err.args[0])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {model: {mode: {} for mode in ("forward", "train")} for model in ("aum", "ast")}
+    presets = {"aum": args.preset, "ast": args.preset, **({"dass": args.dass} if args.dass else {})}
+    results = {model: {mode: {} for mode in ("forward", "train")} for model in presets}
     for mode in args.modes:
         for m in args.multiples:
-            for model in ("aum", "ast"):
-                r = run_one(model, args.preset, m * args.frames, mode, args.device, args.repeats, args.timeout)
+            frames = m * args.frames
+            for model, preset in presets.items():
+                r = run_one(model, preset, frames, mode, args.device, args.repeats, args.timeout, args.backend)
                 results[model][mode][m] = r
                 shown = (f"{r['seconds']:8.2f} s {r['peak_mib']:8.0f} MiB" if "seconds" in r else r["error"])
-                print(f"{model:3} {mode:7} {m:2}x ({m * args.frames:6d} frames, {m * args.frames // 2:5d} "
-                      f"patches): {shown}", flush=True)
+                length = (f"{halve(128, 2) * halve(frames, 2):6d} positions" if model == "dass"
+                          else f"{frames // 2:6d} patches")
+                print(f"{model:4} {mode:7} {m:2}x ({frames:6d} frames, {length}): {shown}", flush=True)
     for mode in ("forward", "train"):                       # keep the structure complete for summarise()
         if mode not in args.modes:
             for model in results:
@@ -171,7 +199,8 @@ def main(argv=None):
                   f"memory({hi}x)/memory({lo}x) = {val['memory_ratio']:.1f}")
         elif not isinstance(val, dict):
             print(f"{key}: {val if val is None else str(val) + 'x'}")
-    record = {"preset": args.preset, "device": args.device, "frames_1x": args.frames, "multiples": args.multiples,
+    record = {"preset": args.preset, "dass_preset": args.dass, "scan_backend": args.backend, "device": args.device,
+              "frames_1x": args.frames, "multiples": args.multiples,
               "results": results, "summary": summary}
     (out / "scaling.json").write_text(json.dumps(record, indent=2))
     plot(results, args.multiples, args.frames, out / "scaling.png")

@@ -1,9 +1,42 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and the guard that keeps the fast tier fast (``make test-fast``)."""
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# marks (pyproject.toml) of the tiers whose tests may start Python processes; `make test-fast` leaves them out
+PROCESS_MARKS = {"subprocess", "hear_env", "slurm", "ddp"}
+_VENV_BIN = Path(sys.executable).parent
+
+
+def _starts_python(args) -> bool:
+    """Whether Popen ``args`` run a Python interpreter or one of this environment's console scripts."""
+    first = args if isinstance(args, (str, bytes, os.PathLike)) else (list(args) or [""])[0]
+    first = os.fsdecode(first).split()[0] if os.fsdecode(first).strip() else ""
+    path = Path(first)
+    return path.name.startswith("python") or str(path) == sys.executable or (
+        path.parent == _VENV_BIN and path.name.startswith("aum-"))
+
+
+@pytest.fixture(autouse=True)
+def python_processes_need_a_mark(request, monkeypatch):
+    """A test that starts a Python process (``python -m ...``, a console script, a helper script) must carry one
+    of :data:`PROCESS_MARKS`, so that the fast tier never pays for interpreter start-ups: unmarked, the start
+    fails with a message naming the mark. Other programs (the C compiler of the fused scan, ``sinfo``) may run."""
+    if PROCESS_MARKS & {m.name for m in request.node.iter_markers()}:
+        return
+    real_init = subprocess.Popen.__init__
+
+    def guarded_init(self, args, *rest, **kwargs):
+        if _starts_python(args):
+            raise AssertionError(f"{request.node.nodeid} starts a Python process ({args!r:.120}): mark it "
+                                 f"@pytest.mark.subprocess (see the markers in pyproject.toml)")
+        real_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded_init)
 
 
 @pytest.fixture

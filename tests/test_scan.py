@@ -192,6 +192,80 @@ def test_causal_conv1d_matches_a_loop():
     torch.testing.assert_close(causal_conv1d(x, w, bias), torch.nn.functional.silu(expected))
 
 
+
+def test_causal_conv1d_reverse_and_time_major_layout():
+    """``reverse`` is the conv of the flipped sequence flipped back; a transposed ``[b, L, E]`` input (a Linear
+    layer's output) gives the same values in the same time-major layout, with the same gradients."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 9, 5, generator=g, dtype=torch.float64).transpose(1, 2)          # [b, E, L], time-major
+    w = torch.randn(5, 1, 4, generator=g, dtype=torch.float64)
+    bias = torch.randn(5, generator=g, dtype=torch.float64)
+    dense = x.contiguous()
+    for reverse in (False, True):
+        expected = causal_conv1d(dense.flip(-1), w, bias).flip(-1) if reverse else causal_conv1d(dense, w, bias)
+        assert causal_conv1d(dense, w, bias, reverse=reverse).stride(-1) == 1
+        leaf = x.detach().requires_grad_()
+        out = causal_conv1d(leaf, w, bias, reverse=reverse)
+        assert out.stride(1) == 1                                                   # stays time-major
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(causal_conv1d(dense, w, bias, reverse=reverse), expected, rtol=1e-12,
+                                   atol=1e-12)
+        dense_leaf = dense.detach().requires_grad_()
+        gx, = torch.autograd.grad(out.sum(), leaf)
+        gd, = torch.autograd.grad(causal_conv1d(dense_leaf, w, bias, reverse=reverse).sum(), dense_leaf)
+        torch.testing.assert_close(gx, gd, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype,rel", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_reverse_scan_is_the_flipped_scan_flipped_back(backend, dtype, rel):
+    _need(backend)
+    x = _grouped_inputs(2, 20, 2, 16, 37, dtype, seed=5)
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    ref_leaves = {k: v.double().requires_grad_() for k, v in x.items()}
+    out = selective_scan(**leaves, delta_softplus=True, backend=backend, reverse=True)
+    flipped = {k: (v.flip(-1) if k in ("u", "delta", "z", "B", "C") else v) for k, v in ref_leaves.items()}
+    ref = selective_scan_reference(**flipped, delta_softplus=True).flip(-1)
+    _close(out.double(), ref, rel)
+    grad_out = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    grads = torch.autograd.grad(out, list(leaves.values()), grad_out.to(dtype))
+    ref_grads = torch.autograd.grad(ref, list(ref_leaves.values()), grad_out)
+    for name, g, r in zip(leaves, grads, ref_grads):
+        assert g.shape == r.shape and g.dtype == dtype, name
+        _close(g.double(), r, rel * 10)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_strided_inputs_as_the_mixer_makes_them_match_dense_ones(backend, reverse):
+    """delta, z as transposed ``[b, L, E]`` tensors and B, C as transposed slices of one ``[b, L, R + 2N]``
+    projection, as MambaMixer hands them over: the fused kernel reads them in place; results and gradients
+    equal those of dense copies."""
+    _need(backend)
+    batch, channels, state, length = 2, 20, 16, 29
+    g = torch.Generator().manual_seed(9)
+    u = torch.randn(batch, length, channels, generator=g, dtype=torch.float64).transpose(1, 2)
+    delta = (torch.randn(batch, length, channels, generator=g, dtype=torch.float64) * 0.5).transpose(1, 2)
+    z = torch.randn(batch, length, 2 * channels, generator=g, dtype=torch.float64).transpose(1, 2)[:, channels:]
+    proj = torch.randn(batch, length, 3 + 2 * state, generator=g, dtype=torch.float64)
+    B, C = proj[..., 3:3 + state].transpose(1, 2), proj[..., 3 + state:].transpose(1, 2)
+    A = -(torch.rand(channels, state, generator=g, dtype=torch.float64) + 0.1)
+    D, bias = torch.randn(channels, generator=g, dtype=torch.float64), torch.randn(channels, generator=g,
+                                                                                      dtype=torch.float64)
+    strided = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": bias}
+    assert not any(v.is_contiguous() for k, v in strided.items() if k in ("u", "delta", "z", "B", "C"))
+    results = []
+    for x in (strided, {k: v.contiguous() for k, v in strided.items()}):
+        leaves = {k: v.detach().requires_grad_() for k, v in x.items()}
+        out = selective_scan(**leaves, delta_softplus=True, backend=backend, reverse=reverse)
+        grads = torch.autograd.grad(out, list(leaves.values()), torch.cos(torch.arange(out.numel(),
+                                    dtype=out.dtype)).view(out.shape))
+        results.append((out, grads))
+    (out_s, grads_s), (out_d, grads_d) = results
+    torch.testing.assert_close(out_s, out_d, rtol=1e-12, atol=1e-12)
+    for name, a, b in zip(strided, grads_s, grads_d):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+
 def test_cuda_kernels_are_called_with_their_upstream_signatures():
     """Stand-ins with mamba-ssm's and causal-conv1d's exact parameter lists and dtype rules (run on the CPU):
     our calls must land every argument in the right parameter (causal_conv1d_fn's 4th positional is seq_idx,

@@ -134,13 +134,14 @@ def test_fused_saves_only_chunk_checkpoints_and_nothing_under_no_grad():
     x = _scan_inputs(batch=2, channels=20, groups=2, state=4, length=70)
     u = x["u"].clone().requires_grad_()
     B, C = x["B"].contiguous(), x["C"].contiguous()
-    out = fused_mod.FusedScan.apply(u, x["delta"], x["A"], B, C, True)
+    out = fused_mod.FusedScan.apply(u, x["delta"], x["A"], B, C, None, None, None, False, False, True)
     ckpt = out.grad_fn.saved_tensors[-1]
     lanes = fused_mod.library().lanes
     units = 2 * 2 * -(-10 // lanes)                                  # batch x groups x blocks of 10 channels
     assert ckpt.numel() == units * -(-70 // fused_mod.CHUNK) * 4 * lanes
     with torch.no_grad():
-        assert fused_mod.FusedScan.apply(u, x["delta"], x["A"], B, C, False).grad_fn is None
+        assert fused_mod.FusedScan.apply(u, x["delta"], x["A"], B, C, None, None, None, False, False,
+                                        False).grad_fn is None
 
 
 def _encoder_grads(model, feats, backend):

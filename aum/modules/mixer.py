@@ -88,14 +88,15 @@ class MambaMixer(nn.Module):
         delta = F.linear(dt, dt_proj.weight).transpose(1, 2)
         return delta, B.transpose(1, 2), C.transpose(1, 2)
 
-    def _scan(self, xc, delta, A, B, C, D, z, dt_bias):
+    def _scan(self, xc, delta, A, B, C, D, z, dt_bias, reverse=False):
         return selective_scan(xc, delta, A, B, C, _fp32(D), z, delta_bias=_fp32(dt_bias),
-                              delta_softplus=True, backend=self.scan_backend)
+                              delta_softplus=True, backend=self.scan_backend, reverse=reverse)
 
-    def _branch(self, x, z, conv, x_proj, dt_proj, A_log, D):
-        xc = causal_conv1d(x, conv.weight, conv.bias, "silu", backend=self.scan_backend)
+    def _branch(self, x, z, conv, x_proj, dt_proj, A_log, D, reverse=False):
+        """One direction; ``reverse``: the branch run on the time-flipped sequence, its output flipped back."""
+        xc = causal_conv1d(x, conv.weight, conv.bias, "silu", backend=self.scan_backend, reverse=reverse)
         delta, B, C = self._ssm_inputs(xc, x_proj, dt_proj)
-        return self._scan(xc, delta, -torch.exp(_fp32(A_log)), B, C, D, z, dt_proj.bias)
+        return self._scan(xc, delta, -torch.exp(_fp32(A_log)), B, C, D, z, dt_proj.bias, reverse=reverse)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Mix ``hidden [batch, L, d_model]`` along L in the configured direction(s)."""
@@ -106,12 +107,12 @@ class MambaMixer(nn.Module):
             xc = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, "silu", backend=self.scan_backend)
             delta, B, C = self._ssm_inputs(xc, self.x_proj, self.dt_proj)
             fwd = self._scan(xc, delta, -torch.exp(_fp32(self.A_log)), B, C, self.D, z, self.dt_proj.bias)
-            bwd = self._scan(xc.flip(-1), delta.flip(-1), -torch.exp(_fp32(self.A_b_log)), B.flip(-1),
-                             C.flip(-1), self.D, z.flip(-1), self.dt_proj.bias)
-            y = fwd + bwd.flip(-1)
+            bwd = self._scan(xc, delta, -torch.exp(_fp32(self.A_b_log)), B, C, self.D, z, self.dt_proj.bias,
+                             reverse=True)
+            y = fwd + bwd
         else:
             fwd = self._branch(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
-            bwd = self._branch(x.flip(-1), z.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b,
-                               self.A_b_log, self.D_b)
-            y = (fwd + bwd.flip(-1)) / 2
+            bwd = self._branch(x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b,
+                               reverse=True)
+            y = (fwd + bwd) / 2
         return self.out_proj(y.transpose(1, 2))

@@ -10,8 +10,9 @@ uses group ``c // (E / G)``; ``E`` divisible by ``G``), ``D, delta_bias: [E]``.
 Four implementations of the same maths:
 
 * ``reference`` - a plain loop over time with autograd; slow and obvious, the yardstick for the tests.
-* ``fused`` - a C kernel (``scan_fused.c``, compiled on first use and cached; ``scan_fused.py``), forward and
-  backward, the default off-GPU wherever a C compiler is found; several times faster than ``torch``.
+* ``fused`` - a C kernel (``scan_fused.c``, compiled on first use and cached; ``scan_fused.py``) for the whole
+  call (bias, softplus, recurrence, ``D``, gate), forward and backward, reading its inputs with their own strides;
+  the default off-GPU wherever a C compiler is found; several times faster than ``torch``.
 * ``torch`` - pure PyTorch, the fallback off-GPU and the fused kernel's yardstick. It walks the sequence in
   chunks of ``T`` steps, with one fused in-place ``addcmul`` per time step on a ``[batch, E, N]`` state; the
   per-chunk work (discretisation, the read-out with ``C``) is vectorised. A custom autograd function keeps
@@ -115,10 +116,13 @@ def check_scan_shapes(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> int
     return groups
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend=None):
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend=None,
+                   reverse=False):
     """Run the selective scan; returns ``[batch, E, L]`` in ``u``'s dtype.
 
     ``B`` and ``C`` are ``[batch, N, L]`` or grouped ``[batch, G, N, L]`` (see the module docstring).
+    ``reverse=True`` scans from the last step to the first: the same as flipping every input along time, scanning
+    and flipping the result back (which the ``fused`` backend does without any copies).
     ``backend`` is one of ``auto`` (CUDA kernel for CUDA tensors when mamba-ssm imports; on the CPU the
     ``fused`` C kernel where it builds, else ``torch``), ``torch``, ``fused``, ``reference`` or ``cuda``;
     ``None`` reads the ``AUM_SCAN_BACKEND`` environment variable.
@@ -126,6 +130,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
     kernel = cuda_kernels()[0]
     backend = _resolve(backend, u, kernel, fused=True)
+    if reverse and backend != "fused":
+        z = None if z is None else z.flip(-1)
+        return selective_scan(u.flip(-1), delta.flip(-1), A, B.flip(-1), C.flip(-1), D, z, delta_bias,
+                              delta_softplus, backend).flip(-1)
     if backend == "cuda":
         return _call_scan_kernel(kernel, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if backend == "reference":
@@ -136,13 +144,18 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         B, C = B.unsqueeze(1), C.unsqueeze(1)
     u, delta, B, C = (t.to(compute) for t in (u, delta, B, C))
     A = A.to(compute)
+    if backend == "fused":
+        D, z, delta_bias = (None if t is None else t.to(compute) for t in (D, z, delta_bias))
+        inputs = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
+        save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        y = scan_fused.FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, save)
+        return y.to(out_dtype)
     if delta_bias is not None:
         delta = delta + delta_bias.to(compute)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
     save_states = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
-    scan = scan_fused.FusedScan if backend == "fused" else _ChunkedScan
-    y = scan.apply(u, delta, A, B, C, save_states)
+    y = _ChunkedScan.apply(u, delta, A, B, C, save_states)
     if D is not None:
         y = y + D.to(compute)[:, None] * u
     if z is not None:
@@ -320,27 +333,41 @@ def _call_conv_kernel(kernel, x, weight, bias, activation):
     return kernel(x, weight.squeeze(1), bias=bias, activation=activation)
 
 
-def causal_conv1d(x, weight, bias=None, activation: str | None = "silu", backend=None):
-    """Depthwise causal conv over time (left pad ``K-1``), then SiLU: ``x [b, E, L]``, ``weight [E, 1, K]``."""
+def causal_conv1d(x, weight, bias=None, activation: str | None = "silu", backend=None, reverse=False):
+    """Depthwise causal conv over time (left pad ``K-1``), then SiLU: ``x [b, E, L]``, ``weight [E, 1, K]``.
+
+    ``reverse=True``: the anti-causal conv (right pad), i.e. ``causal_conv1d(x.flip(-1)).flip(-1)``. A time-major
+    ``x`` (a transposed ``[b, L, E]`` tensor, as a Linear layer's output is) gives a time-major result."""
     kernel = cuda_kernels()[1]
     backend = _resolve(backend, x, kernel)
     if backend == "cuda":
+        if reverse:
+            return _call_conv_kernel(kernel, x.flip(-1), weight, bias, activation).flip(-1)
         return _call_conv_kernel(kernel, x, weight, bias, activation)
     # a sum of K shifted copies: same result as F.conv1d(padding=K-1)[..., :L], and its backward is a
     # few elementwise ops instead of CPU's slow depthwise-convolution backward
     k, length = weight.shape[-1], x.shape[-1]
-    padded = F.pad(x, (k - 1, 0))
     taps = weight.squeeze(1)
-    out = padded[..., k - 1:] * taps[:, k - 1, None]
+    time_major = x.dim() == 3 and x.stride(1) == 1 and x.stride(2) != 1
+    if time_major:                                 # compute on [b, L, E]: channels broadcast innermost
+        x, taps, time = x.transpose(1, 2), taps.t()[..., None, :], 1
+        bias = None if bias is None else bias[None, :]
+    else:
+        taps, time = taps.t()[..., :, None], x.dim() - 1
+        bias = None if bias is None else bias[:, None]
+    pad = [0, 0] * (x.dim() - 1 - time) + ([0, k - 1] if reverse else [k - 1, 0])
+    padded = F.pad(x, pad)
+    # out_t = sum_j w_j x_{t - (K-1) + j} (causal) or sum_j w_j x_{t + (K-1) - j} (reverse), the w_{K-1} term first
+    out = padded.narrow(time, 0 if reverse else k - 1, length) * taps[k - 1]
     for j in range(k - 1):
-        out = out + padded[..., j:j + length] * taps[:, j, None]
+        out = out + padded.narrow(time, k - 1 - j if reverse else j, length) * taps[j]
     if bias is not None:
-        out = out + bias[:, None]
+        out = out + bias
     if activation in ("silu", "swish"):
         out = F.silu(out)
     elif activation is not None:
         raise ValueError(f"unsupported activation {activation!r}")
-    return out
+    return out.transpose(1, 2) if time_major else out
 
 
 def chunk_memory_bytes(batch: int, channels: int, state: int, length: int, dtype=torch.float32) -> int:

@@ -2,30 +2,35 @@
  *
  * What it computes, for every batch b and channel e (of E; channel e reads B / C group g = e / (E/G)):
  *
- *     h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t          (h: N values per channel, h_{-1} = 0)
- *     y_t = sum_n C_t[n] * h_t[n]
+ *     d_t = softplus(delta_t + bias)   (or delta_t + bias without the softplus; bias = 0 when absent)
+ *     h_t = exp(d_t * A) * h_{t-1} + d_t * B_t * u_t                (h: N values per channel, h_{-1} = 0)
+ *     s_t = sum_n C_t[n] * h_t[n],     y_t = (s_t + D * u_t) * silu(z_t)   (D = 0 / no gate when absent)
  *
- * and, given dL/dy, the adjoint recurrence (backwards in time)
+ * and, given dL/dy, the gradients: through the gate gs_t = gy_t silu(z_t), gz_t = gy_t (s_t + D u_t) silu'(z_t);
+ * then the adjoint recurrence (backwards in time)
  *
- *     gh_t = C_t * gy_t + exp(delta_{t+1} * A) * gh_{t+1}
- *     gu_t = delta_t * sum_n gh_t B_t          gdelta_t = u_t * sum_n gh_t B_t + sum_n A gh_t h_{t-1} exp(delta_t A)
- *     gA   = sum_t delta_t gh_t h_{t-1} exp(delta_t A)
- *     gB_t = sum_{e in g} delta_t u_t gh_t     gC_t = sum_{e in g} gy_t h_t
+ *     gh_t = C_t * gs_t + exp(d_{t+1} * A) * gh_{t+1}
+ *     gu_t = d_t * sum_n gh_t B_t + D gs_t       gd_t = u_t * sum_n gh_t B_t + sum_n A gh_t h_{t-1} exp(d_t A)
+ *     gdelta_t = gd_t * softplus'(delta_t + bias)    gbias = sum_t gdelta_t     gD = sum_t gs_t u_t
+ *     gA   = sum_t d_t gh_t h_{t-1} exp(d_t A)
+ *     gB_t = sum_{e in g} d_t u_t gh_t     gC_t = sum_{e in g} gs_t h_t
  *
- * (D, z, delta_bias and the softplus are applied around this kernel, in PyTorch.)
- *
- * Memory layout (all arrays dense, row-major, in the caller's dtype):
- *     u, delta, y, gy, gu, gdelta: [batch, E, L]     A: [E, N]     B, C: [batch, G, N, L]
- *     ckpt: [units, n_chunks, N, LANES]   the state at the start of every chunk of `chunk` steps
- *     gA_part: [batch, E, N]              per-batch partial sums of gA (the caller sums over batch)
- *     gB_part, gC_part: [batch, G, KB, N, L]   partial sums over the KB channel blocks of each group
+ * Memory layout. u, delta, z, y and their gradients are [batch, E, L] and B, C are [batch, G, N, L], each
+ * passed as a `view` (data pointer + one stride per dimension, in elements, any sign), so the caller hands
+ * over PyTorch's own strides: a transposed [batch, L, E] tensor (channels innermost, what a Linear layer
+ * produces) is read as it lies, no copies, and a negative time stride scans the sequence backwards. Dense
+ * row-major buffers: A [E, N], D, bias [E];
+ *     ckpt: [units, n_chunks, N, LANES]         the state at the start of every chunk of `chunk` steps
+ *     gA_part: [batch, E, N], gD_part, gbias_part: [batch, E]   per-batch partial sums (the caller sums them)
+ *     gB_part, gC_part: [batch, G, KB, N, L]    partial sums over the KB channel blocks of each group, in
+ *                                               scan order (the caller flips them for a backward scan)
  *
  * Work is split into units of LANES channels of one group of one batch element (KB = ceil((E/G) / LANES)
  * blocks per group), spread over OpenMP threads. Inside a unit the time axis is walked in chunks: a chunk
- * of u / delta / gy is copied into a small time-major [t][LANES] buffer (channels innermost), so that the
- * loops over channels are unit-stride and vectorise, `exp` included (exp2_f32 / exp2_f64 below are branch-free
- * polynomial, so no vector math library and no -ffast-math are needed). Tail lanes past the block's last
- * channel hold zeros and are never written back.
+ * of u / delta / z / gy is gathered into a small time-major [t][LANES] tile (channels innermost), so that the
+ * loops over channels are unit-stride and vectorise, `exp`, the softplus and the sigmoid included (exp2_f32 /
+ * exp2_f64 below are branch-free polynomials, so no vector math library and no -ffast-math are needed).
+ * Tail lanes past the block's last channel hold zeros and are never written back.
  *
  * The backward recomputes each chunk's states from the checkpoint the forward stored at its start, so
  * memory is ceil(L / chunk) states per channel, never L * N. The file includes itself twice to define the
@@ -39,6 +44,12 @@
 #include <string.h>
 
 #define LANES 16
+
+/* A strided tensor: element (i0, i1, i2, i3) lies at data[i0 * s[0] + i1 * s[1] + i2 * s[2] + i3 * s[3]]. */
+typedef struct {
+    void *data;
+    int64_t s[4];
+} aum_view;
 
 /* 2^t = 2^k * 2^f, k = round(t), f = t - k in [-1/2, 1/2] (exact); 2^f = exp(f ln 2) by its Taylor series
  * (degree 7 for float: error < 6e-9 relative; degree 12 for double: < 2e-16); 2^k built in the exponent bits.
@@ -102,16 +113,20 @@ static inline double exp2_f64(double t) {
 /* Lanes per channel block: the Python side needs it to size the checkpoint and partial-sum buffers. */
 int aum_scan_lanes(void) { return LANES; }
 
+/* SCAN_ATANH_TERMS: terms of the atanh series in the softplus (relative error below 9^-(terms+1)). */
 #define SCAN_REAL float
 #define SCAN_EXP2 exp2_f32
+#define SCAN_ATANH_TERMS 6
 #define SCAN_NAME(name) name##_f32
 #include __FILE__
 #undef SCAN_REAL
 #undef SCAN_EXP2
+#undef SCAN_ATANH_TERMS
 #undef SCAN_NAME
 
 #define SCAN_REAL double
 #define SCAN_EXP2 exp2_f64
+#define SCAN_ATANH_TERMS 16
 #define SCAN_NAME(name) name##_f64
 #include __FILE__
 
@@ -135,25 +150,117 @@ static SCAN_NAME(unit_t) SCAN_NAME(locate)(int64_t unit, int64_t E, int64_t G) {
     return p;
 }
 
-/* [w channels of x (row length L) from t0, len steps] -> dst[len][LANES], zeros in unused lanes. */
-static void SCAN_NAME(load_rows)(real *restrict dst, const real *restrict x, int64_t L, int64_t t0, int64_t len,
-                                 int64_t w) {
+/* The unit's first channel of a [batch, E, L] view (NULL for an absent tensor). */
+static real *SCAN_NAME(rows)(const aum_view *v, const SCAN_NAME(unit_t) *p) {
+    return v && v->data ? (real *)v->data + p->b * v->s[0] + p->e0 * v->s[1] : NULL;
+}
+
+/* [w channels (stride se) x len steps (stride sl) of x from step t0] -> dst[len][LANES], zeros in unused lanes.
+ * The loop order follows the smaller stride, so both layouts are read in memory order. */
+static void SCAN_NAME(load_tile)(real *restrict dst, const real *restrict x, int64_t se, int64_t sl, int64_t t0,
+                                 int64_t len, int64_t w) {
     memset(dst, 0, sizeof(real) * (size_t)(len * LANES));
-    for (int64_t j = 0; j < w; ++j)
-        for (int64_t s = 0; s < len; ++s) dst[s * LANES + j] = x[j * L + t0 + s];
+    if (llabs(se) <= llabs(sl)) {
+        for (int64_t s = 0; s < len; ++s)
+            for (int64_t j = 0; j < w; ++j) dst[s * LANES + j] = x[(t0 + s) * sl + j * se];
+    } else {
+        for (int64_t j = 0; j < w; ++j)
+            for (int64_t s = 0; s < len; ++s) dst[s * LANES + j] = x[(t0 + s) * sl + j * se];
+    }
 }
 
-static void SCAN_NAME(store_rows)(real *restrict x, const real *restrict src, int64_t L, int64_t t0, int64_t len,
-                                  int64_t w) {
-    for (int64_t j = 0; j < w; ++j)
-        for (int64_t s = 0; s < len; ++s) x[j * L + t0 + s] = src[s * LANES + j];
+static void SCAN_NAME(store_tile)(real *restrict x, const real *restrict src, int64_t se, int64_t sl, int64_t t0,
+                                  int64_t len, int64_t w) {
+    if (llabs(se) <= llabs(sl)) {
+        for (int64_t s = 0; s < len; ++s)
+            for (int64_t j = 0; j < w; ++j) x[(t0 + s) * sl + j * se] = src[s * LANES + j];
+    } else {
+        for (int64_t j = 0; j < w; ++j)
+            for (int64_t s = 0; s < len; ++s) x[(t0 + s) * sl + j * se] = src[s * LANES + j];
+    }
 }
 
-/* [N rows of x (row length L) from t0, len steps] -> dst[len][N]. */
-static void SCAN_NAME(load_state_rows)(real *restrict dst, const real *restrict x, int64_t N, int64_t L,
-                                       int64_t t0, int64_t len) {
-    for (int64_t n = 0; n < N; ++n)
-        for (int64_t s = 0; s < len; ++s) dst[s * N + n] = x[n * L + t0 + s];
+/* [N states (stride sn) x len steps (stride sl) of x from step t0] -> dst[len][N]. */
+static void SCAN_NAME(load_states)(real *restrict dst, const real *restrict x, int64_t sn, int64_t sl, int64_t N,
+                                   int64_t t0, int64_t len) {
+    if (llabs(sn) <= llabs(sl)) {
+        for (int64_t s = 0; s < len; ++s)
+            for (int64_t n = 0; n < N; ++n) dst[s * N + n] = x[(t0 + s) * sl + n * sn];
+    } else {
+        for (int64_t n = 0; n < N; ++n)
+            for (int64_t s = 0; s < len; ++s) dst[s * N + n] = x[(t0 + s) * sl + n * sn];
+    }
+}
+
+/* Gather one chunk of a [batch, E, L] view for unit p into a tile (no-op for an absent tensor). */
+static void SCAN_NAME(gather)(real *tile, const aum_view *v, const SCAN_NAME(unit_t) *p, int64_t t0, int64_t len) {
+    const real *x = SCAN_NAME(rows)(v, p);
+    if (x) SCAN_NAME(load_tile)(tile, x, v->s[1], v->s[2], t0, len, p->w);
+}
+
+static void SCAN_NAME(scatter)(const aum_view *v, const real *tile, const SCAN_NAME(unit_t) *p, int64_t t0,
+                               int64_t len) {
+    real *x = SCAN_NAME(rows)(v, p);
+    if (x) SCAN_NAME(store_tile)(x, tile, v->s[1], v->s[2], t0, len, p->w);
+}
+
+/* B and C of unit p's group for one chunk, as [len][N] each. */
+static void SCAN_NAME(gather_bc)(real *bt, real *ct, const aum_view *B, const aum_view *C,
+                                 const SCAN_NAME(unit_t) *p, int64_t N, int64_t t0, int64_t len) {
+    const real *b = (const real *)B->data + p->b * B->s[0] + p->g * B->s[1];
+    const real *c = (const real *)C->data + p->b * C->s[0] + p->g * C->s[1];
+    SCAN_NAME(load_states)(bt, b, B->s[2], B->s[3], N, t0, len);
+    SCAN_NAME(load_states)(ct, c, C->s[2], C->s[3], N, t0, len);
+}
+
+/* Per-channel parameters of unit p as LANES values: a = A * log2(e) [N][LANES], D, bias (zeros when absent). */
+static void SCAN_NAME(lane_params)(real *restrict a, real *restrict d, real *restrict bias, const real *A,
+                                   const real *D, const real *delta_bias, const SCAN_NAME(unit_t) *p, int64_t N) {
+    memset(a, 0, sizeof(real) * (size_t)(N * LANES));
+    memset(d, 0, sizeof(real) * LANES);
+    memset(bias, 0, sizeof(real) * LANES);
+    for (int64_t j = 0; j < p->w; ++j) {
+        for (int64_t n = 0; n < N; ++n) a[n * LANES + j] = (real)(A[(p->e0 + j) * N + n] * LOG2E);
+        if (D) d[j] = D[p->e0 + j];
+        if (delta_bias) bias[j] = delta_bias[p->e0 + j];
+    }
+}
+
+static inline real SCAN_NAME(sigmoid)(real x) {
+    const real e = SCAN_EXP2((x > 0 ? -x : x) * (real)LOG2E), r = 1 / (1 + e);
+    return x > 0 ? r : e * r;
+}
+
+/* softplus(x) = max(x, 0) + log1p(exp(-|x|)), with log1p(v) = 2 atanh(v / (2 + v)) by its series (the ratio
+ * is at most 1/3); x > 20 gives x, as PyTorch's softplus (threshold 20) does. */
+static inline real SCAN_NAME(softplus)(real x) {
+    const real e = SCAN_EXP2((x > 0 ? -x : x) * (real)LOG2E), r = e / (2 + e), r2 = r * r;
+    real p = (real)1 / (2 * SCAN_ATANH_TERMS + 1);
+    for (int k = SCAN_ATANH_TERMS - 1; k >= 0; --k) p = p * r2 + (real)1 / (2 * k + 1);
+    return x > 20 ? x : (x > 0 ? x : 0) + 2 * r * p;
+}
+
+/* In place on a [len][LANES] tile: delta <- softplus(delta + bias) (or delta + bias); dsp (may be NULL) <- the
+ * softplus's derivative sigmoid(delta + bias) (1 above the threshold, and 1 everywhere without softplus). */
+static void SCAN_NAME(prepare_delta)(real *restrict dt, real *restrict dsp, const real *restrict bias,
+                                     int softplus, int64_t len) {
+    for (int64_t s = 0; s < len; ++s) {
+        real *ds = dt + s * LANES;
+        if (softplus) {
+#pragma omp simd
+            for (int j = 0; j < LANES; ++j) {
+                const real x = ds[j] + bias[j];
+                ds[j] = SCAN_NAME(softplus)(x);
+                if (dsp) dsp[s * LANES + j] = x > 20 ? 1 : SCAN_NAME(sigmoid)(x);
+            }
+        } else {
+#pragma omp simd
+            for (int j = 0; j < LANES; ++j) {
+                ds[j] += bias[j];
+                if (dsp) dsp[s * LANES + j] = 1;
+            }
+        }
+    }
 }
 
 /* One chunk forward: h [N][LANES] in / out; y[s][LANES] = C_s . h_s; states[s] = h after step s (if given). */
@@ -195,54 +302,67 @@ static void SCAN_NAME(forward_chunk)(int64_t len, int64_t N, const real *restric
     }
 }
 
-/* y = scan(u, delta, A, B, C); ckpt (may be NULL) receives the state at each chunk start. Returns 0, or 1 when
- * memory for the work buffers could not be allocated. */
-int SCAN_NAME(aum_scan_forward)(const real *u, const real *delta, const real *A, const real *B, const real *C,
-                                real *y, real *ckpt, int64_t batch, int64_t E, int64_t G, int64_t N, int64_t L,
-                                int64_t chunk, int nthreads) {
+/* y = (scan(u, d, A, B, C) + D u) * silu(z), d = softplus(delta + bias); z, D, bias may be absent (NULL data /
+ * NULL). ckpt (may be NULL) receives the state at each chunk start. Returns 0, or 1 when memory for the work
+ * buffers could not be allocated. */
+int SCAN_NAME(aum_scan_forward)(const aum_view *u, const aum_view *delta, const aum_view *z, const aum_view *B,
+                                const aum_view *C, const aum_view *y, const real *A, const real *D,
+                                const real *delta_bias, real *ckpt, int64_t batch, int64_t E, int64_t G, int64_t N,
+                                int64_t L, int64_t chunk, int softplus, int nthreads) {
     const int64_t kb = (E / G + LANES - 1) / LANES, units = batch * G * kb, n_chunks = (L + chunk - 1) / chunk;
+    const int gated = z && z->data;
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) if(nthreads > 1) schedule(dynamic, 1)
     for (int64_t unit = 0; unit < units; ++unit) {
         SCAN_NAME(unit_t) p = SCAN_NAME(locate)(unit, E, G);
         const size_t nw = (size_t)(N * LANES), cw = (size_t)(chunk * LANES), cn = (size_t)(chunk * N);
-        real *work = malloc(sizeof(real) * (2 * nw + 3 * cw + 2 * cn));
+        real *work = malloc(sizeof(real) * (2 * nw + 2 * LANES + 4 * cw + 2 * cn));
         if (!work) {
 #pragma omp atomic write
             failed = 1;
             continue;
         }
-        real *a = work, *h = a + nw, *ut = h + nw, *dt = ut + cw, *yt = dt + cw, *bt = yt + cw, *ct = bt + cn;
-        memset(a, 0, sizeof(real) * 2 * nw);
-        for (int64_t j = 0; j < p.w; ++j)
-            for (int64_t n = 0; n < N; ++n) a[n * LANES + j] = (real)(A[(p.e0 + j) * N + n] * LOG2E);
-        const int64_t row = (p.b * E + p.e0) * L, grp = (p.b * G + p.g) * N * L;
+        real *a = work, *h = a + nw, *dl = h + nw, *bl = dl + LANES, *ut = bl + LANES, *dt = ut + cw;
+        real *zt = dt + cw, *yt = zt + cw, *bt = yt + cw, *ct = bt + cn;
+        SCAN_NAME(lane_params)(a, dl, bl, A, D, delta_bias, &p, N);
+        memset(h, 0, sizeof(real) * nw);
         for (int64_t c = 0; c < n_chunks; ++c) {
             const int64_t t0 = c * chunk, len = L - t0 < chunk ? L - t0 : chunk;
             if (ckpt) memcpy(ckpt + (unit * n_chunks + c) * (int64_t)nw, h, sizeof(real) * nw);
-            SCAN_NAME(load_rows)(ut, u + row, L, t0, len, p.w);
-            SCAN_NAME(load_rows)(dt, delta + row, L, t0, len, p.w);
-            SCAN_NAME(load_state_rows)(bt, B + grp, N, L, t0, len);
-            SCAN_NAME(load_state_rows)(ct, C + grp, N, L, t0, len);
+            SCAN_NAME(gather)(ut, u, &p, t0, len);
+            SCAN_NAME(gather)(dt, delta, &p, t0, len);
+            SCAN_NAME(gather_bc)(bt, ct, B, C, &p, N, t0, len);
+            SCAN_NAME(prepare_delta)(dt, NULL, bl, softplus, len);
             SCAN_NAME(forward_chunk)(len, N, a, h, ut, dt, bt, ct, yt, NULL, NULL);
-            SCAN_NAME(store_rows)(y + row, yt, L, t0, len, p.w);
+            if (gated) SCAN_NAME(gather)(zt, z, &p, t0, len);
+            for (int64_t s = 0; s < len; ++s) {
+                real *ys = yt + s * LANES;
+                const real *us = ut + s * LANES, *zs = zt + s * LANES;
+#pragma omp simd
+                for (int j = 0; j < LANES; ++j) {
+                    const real v = ys[j] + dl[j] * us[j];
+                    ys[j] = gated ? v * zs[j] * SCAN_NAME(sigmoid)(zs[j]) : v;
+                }
+            }
+            SCAN_NAME(scatter)(y, yt, &p, t0, len);
         }
         free(work);
     }
     return failed;
 }
 
-/* One chunk backward, steps len-1 .. 0. h0: state before the chunk; states[s], decays[s]: after / of step s.
- * carry [N][LANES] in / out: exp(delta_{t+1} A) gh_{t+1} from the following chunk. ga [N][LANES] accumulates.
- * Writes gut, gdt [len][LANES] and gbt, gct [len][N] (this block's partial sums over its channels). */
+/* One chunk backward of the bare scan, steps len-1 .. 0. h0: state before the chunk; states[s], decays[s]: after /
+ * of step s. carry [N][LANES] in / out: exp(d_{t+1} A) gh_{t+1} from the following chunk. ga [N][LANES]
+ * accumulates. gst: dL/ds. Writes gut, gdt [len][LANES] (dL/du, dL/dd) and gbt, gct [len][N] (this block's
+ * partial sums over its channels). */
 static void SCAN_NAME(backward_chunk)(int64_t len, int64_t N, const real *restrict a, const real *restrict h0,
                                       const real *restrict states, const real *restrict decays,
-                                      const real *restrict ut, const real *restrict dt, const real *restrict gyt,
+                                      const real *restrict ut, const real *restrict dt, const real *restrict gst,
                                       const real *restrict bt, const real *restrict ct, real *restrict carry,
                                       real *restrict ga, real *restrict gut, real *restrict gdt,
                                       real *restrict gbt, real *restrict gct) {
     for (int64_t s = len - 1; s >= 0; --s) {
-        const real *ds = dt + s * LANES, *us = ut + s * LANES, *gys = gyt + s * LANES;
+        const real *ds = dt + s * LANES, *us = ut + s * LANES, *gys = gst + s * LANES;
         const real *prev = s > 0 ? states + (s - 1) * N * LANES : h0;
         real du[LANES], ghb[LANES], gexp_a[LANES];
 #pragma omp simd
@@ -256,7 +376,7 @@ static void SCAN_NAME(backward_chunk)(int64_t len, int64_t N, const real *restri
 #pragma omp simd reduction(+:sum_c, sum_b)
             for (int j = 0; j < LANES; ++j) {
                 const real gh = cn * gys[j] + cr[j];
-                const real gexp = gh * pn[j] * dec[j];          /* d loss / d (delta A): A = a ln 2 */
+                const real gexp = gh * pn[j] * dec[j];          /* d loss / d (d A): A = a ln 2 */
                 sum_c += gys[j] * hn[j];
                 sum_b += gh * du[j];
                 ghb[j] += gh * bn;
@@ -275,54 +395,87 @@ static void SCAN_NAME(backward_chunk)(int64_t len, int64_t N, const real *restri
     }
 }
 
-/* Gradients of sum(gy * scan(u, delta, A, B, C)) from the forward's checkpoints. Returns 0, or 1 when memory
- * for the work buffers could not be allocated. */
-int SCAN_NAME(aum_scan_backward)(const real *u, const real *delta, const real *A, const real *B, const real *C,
-                                 const real *gy, const real *ckpt, real *gu, real *gdelta, real *gA_part,
-                                 real *gB_part, real *gC_part, int64_t batch, int64_t E, int64_t G, int64_t N,
-                                 int64_t L, int64_t chunk, int nthreads) {
+/* Gradients of sum(gy * y) for y as in aum_scan_forward, from its checkpoints: gu, gdelta, gz (views like u,
+ * delta, z; gz absent without z) and the partial sums gA_part, gD_part, gbias_part (NULL without D / bias),
+ * gB_part, gC_part. Returns 0, or 1 when memory for the work buffers could not be allocated. */
+int SCAN_NAME(aum_scan_backward)(const aum_view *u, const aum_view *delta, const aum_view *z, const aum_view *B,
+                                 const aum_view *C, const aum_view *gy, const real *A, const real *D,
+                                 const real *delta_bias, const real *ckpt, const aum_view *gu,
+                                 const aum_view *gdelta, const aum_view *gz, real *gA_part, real *gD_part,
+                                 real *gbias_part, real *gB_part, real *gC_part, int64_t batch, int64_t E,
+                                 int64_t G, int64_t N, int64_t L, int64_t chunk, int softplus, int nthreads) {
     const int64_t kb = (E / G + LANES - 1) / LANES, units = batch * G * kb, n_chunks = (L + chunk - 1) / chunk;
+    const int gated = z && z->data;
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) if(nthreads > 1) schedule(dynamic, 1)
     for (int64_t unit = 0; unit < units; ++unit) {
         SCAN_NAME(unit_t) p = SCAN_NAME(locate)(unit, E, G);
         const size_t nw = (size_t)(N * LANES), cw = (size_t)(chunk * LANES), cn = (size_t)(chunk * N);
-        real *work = malloc(sizeof(real) * (4 * nw + 2 * chunk * nw + 5 * cw + 4 * cn));
+        real *work = malloc(sizeof(real) * (4 * nw + 4 * LANES + 2 * chunk * nw + 8 * cw + 4 * cn));
         if (!work) {
 #pragma omp atomic write
             failed = 1;
             continue;
         }
-        real *a = work, *h = a + nw, *carry = h + nw, *ga = carry + nw, *states = ga + nw;
-        real *decays = states + chunk * nw, *ut = decays + chunk * nw, *dt = ut + cw, *gyt = dt + cw;
-        real *gut = gyt + cw, *gdt = gut + cw, *bt = gdt + cw, *ct = bt + cn, *gbt = ct + cn, *gct = gbt + cn;
-        memset(a, 0, sizeof(real) * 4 * nw);
-        for (int64_t j = 0; j < p.w; ++j)
-            for (int64_t n = 0; n < N; ++n) a[n * LANES + j] = (real)(A[(p.e0 + j) * N + n] * LOG2E);
-        const int64_t row = (p.b * E + p.e0) * L, grp = (p.b * G + p.g) * N * L;
+        real *a = work, *h = a + nw, *carry = h + nw, *ga = carry + nw, *dl = ga + nw, *bl = dl + LANES;
+        real *gdl = bl + LANES, *gbl = gdl + LANES, *states = gbl + LANES, *decays = states + chunk * nw;
+        real *ut = decays + chunk * nw, *dt = ut + cw, *dsp = dt + cw, *zt = dsp + cw, *gyt = zt + cw;
+        real *gut = gyt + cw, *gdt = gut + cw, *gzt = gdt + cw;
+        real *bt = gzt + cw, *ct = bt + cn, *gbt = ct + cn, *gct = gbt + cn;
+        SCAN_NAME(lane_params)(a, dl, bl, A, D, delta_bias, &p, N);
+        memset(carry, 0, sizeof(real) * 2 * nw);                                  /* carry, ga */
+        memset(gdl, 0, sizeof(real) * 2 * LANES);                                 /* gdl, gbl */
         const int64_t part = ((p.b * G + p.g) * kb + p.k) * N * L;
         for (int64_t c = n_chunks - 1; c >= 0; --c) {
             const int64_t t0 = c * chunk, len = L - t0 < chunk ? L - t0 : chunk;
             const real *h0 = ckpt + (unit * n_chunks + c) * (int64_t)nw;
-            SCAN_NAME(load_rows)(ut, u + row, L, t0, len, p.w);
-            SCAN_NAME(load_rows)(dt, delta + row, L, t0, len, p.w);
-            SCAN_NAME(load_rows)(gyt, gy + row, L, t0, len, p.w);
-            SCAN_NAME(load_state_rows)(bt, B + grp, N, L, t0, len);
-            SCAN_NAME(load_state_rows)(ct, C + grp, N, L, t0, len);
+            SCAN_NAME(gather)(ut, u, &p, t0, len);
+            SCAN_NAME(gather)(dt, delta, &p, t0, len);
+            SCAN_NAME(gather)(gyt, gy, &p, t0, len);
+            SCAN_NAME(gather_bc)(bt, ct, B, C, &p, N, t0, len);
+            SCAN_NAME(prepare_delta)(dt, dsp, bl, softplus, len);
             memcpy(h, h0, sizeof(real) * nw);
-            SCAN_NAME(forward_chunk)(len, N, a, h, ut, dt, bt, ct, gut, states, decays);   /* gut: scratch y */
+            SCAN_NAME(forward_chunk)(len, N, a, h, ut, dt, bt, ct, gut, states, decays);   /* gut: scan out s */
+            if (gated) {                             /* gy <- gs = gy silu(z); gz = gy (s + D u) silu'(z) */
+                SCAN_NAME(gather)(zt, z, &p, t0, len);
+                for (int64_t s = 0; s < len; ++s) {
+                    real *gys = gyt + s * LANES, *gzs = gzt + s * LANES;
+                    const real *zs = zt + s * LANES, *ss = gut + s * LANES, *us = ut + s * LANES;
+#pragma omp simd
+                    for (int j = 0; j < LANES; ++j) {
+                        const real sg = SCAN_NAME(sigmoid)(zs[j]), y0 = ss[j] + dl[j] * us[j];
+                        gzs[j] = gys[j] * y0 * sg * (1 + zs[j] * (1 - sg));
+                        gys[j] *= zs[j] * sg;
+                    }
+                }
+                SCAN_NAME(scatter)(gz, gzt, &p, t0, len);
+            }
             SCAN_NAME(backward_chunk)(len, N, a, h0, states, decays, ut, dt, gyt, bt, ct, carry, ga, gut, gdt,
                                       gbt, gct);
-            SCAN_NAME(store_rows)(gu + row, gut, L, t0, len, p.w);
-            SCAN_NAME(store_rows)(gdelta + row, gdt, L, t0, len, p.w);
+            for (int64_t s = len - 1; s >= 0; --s) {         /* the skip D u and delta's bias + softplus */
+                real *gus = gut + s * LANES, *gds = gdt + s * LANES;
+                const real *gys = gyt + s * LANES, *us = ut + s * LANES, *ps = dsp + s * LANES;
+#pragma omp simd
+                for (int j = 0; j < LANES; ++j) {
+                    gus[j] += dl[j] * gys[j];
+                    gdl[j] += gys[j] * us[j];
+                    gds[j] *= ps[j];
+                    gbl[j] += gds[j];
+                }
+            }
+            SCAN_NAME(scatter)(gu, gut, &p, t0, len);
+            SCAN_NAME(scatter)(gdelta, gdt, &p, t0, len);
             for (int64_t n = 0; n < N; ++n)
                 for (int64_t s = 0; s < len; ++s) {
                     gB_part[part + n * L + t0 + s] = gbt[s * N + n];
                     gC_part[part + n * L + t0 + s] = gct[s * N + n];
                 }
         }
-        for (int64_t j = 0; j < p.w; ++j)
+        for (int64_t j = 0; j < p.w; ++j) {
             for (int64_t n = 0; n < N; ++n) gA_part[(p.b * E + p.e0 + j) * N + n] = ga[n * LANES + j];
+            if (gD_part) gD_part[p.b * E + p.e0 + j] = gdl[j];
+            if (gbias_part) gbias_part[p.b * E + p.e0 + j] = gbl[j];
+        }
         free(work);
     }
     return failed;

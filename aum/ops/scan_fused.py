@@ -1,9 +1,12 @@
 """The ``fused`` CPU selective scan: ``scan_fused.c`` (C99 + OpenMP), compiled on first use, loaded with ctypes.
 
-It computes what the ``torch`` backend's ``_ChunkedScan`` computes (``y_t = C_t . h_t`` for the recurrence in
-``aum/ops/scan.py``; ``D``, ``z``, ``delta_bias`` and the softplus stay in PyTorch around it), forward and
-backward, in float32 or float64, in one pass over the sequence per block of 16 channels instead of one PyTorch
-call per time step. See the C file's header for the maths and the memory layout.
+It computes the whole of ``selective_scan`` (``aum/ops/scan.py``): ``delta_bias`` and the softplus, the
+recurrence, the read-out with ``C``, the skip ``D * u`` and the gate ``silu(z)``, forward and backward, in float32
+or float64, in one pass over the sequence per block of 16 channels instead of one PyTorch call per time step.
+Tensors are handed over with their own strides (a transposed ``[batch, L, E]`` layout is read as it lies; a
+backward scan is a negative time stride), so no copies are made around the kernel; outputs and gradients take
+the layout of ``delta`` / ``u`` / ``z`` (``torch.empty_like``). See the C file's header for the maths and the
+memory layout.
 
 Building: the system C compiler (``$AUM_CC``, else ``$CC``, else ``cc``) compiles the source into
 ``$AUM_CACHE/kernels/<key>/`` (default ``~/.cache/aum/kernels``), written under a temporary name and renamed
@@ -13,7 +16,7 @@ never serves a binary built for another CPU. Flags are tried in order: ``-march=
 ``-fopenmp``, then neither (one thread). Where no attempt works, ``library()`` returns ``None``, the ``auto``
 backend uses the ``torch`` scan, and one warning says why and how to get the fast path.
 
-Autograd: forward stores its inputs and the state at the start of every ``CHUNK`` steps
+Autograd: forward stores its inputs (not its output) and the state at the start of every ``CHUNK`` steps
 (``ceil(L / CHUNK) * batch * E * N`` values; nothing under ``torch.no_grad()``); backward recomputes each chunk
 from its checkpoint and runs the adjoint recurrence in reverse. Threads: ``torch.get_num_threads()``.
 """
@@ -46,6 +49,12 @@ COMMON_FLAGS = ["-std=c99", "-ffp-contract=fast", "-fPIC", "-shared"]
 _DTYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
 
 
+class View(ctypes.Structure):
+    """The C side's ``aum_view``: a data pointer and one stride (in elements, any sign) per dimension."""
+
+    _fields_ = [("data", ctypes.c_void_p), ("s", ctypes.c_int64 * 4)]
+
+
 class FusedLibrary:
     """The loaded kernels: ``forward[dtype]``, ``backward[dtype]`` and ``lanes`` (channels per block)."""
 
@@ -53,14 +62,14 @@ class FusedLibrary:
         self.path, self.flags = path, flags
         self._lib = ctypes.CDLL(str(path))
         self.lanes = int(self._lib.aum_scan_lanes())
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        i64, ptr, view, flag = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(View), ctypes.c_int
         self.forward, self.backward = {}, {}
         for dtype, (suffix, _) in _DTYPES.items():
             fwd = getattr(self._lib, f"aum_scan_forward_{suffix}")
-            fwd.argtypes = [ptr] * 7 + [i64] * 6 + [ctypes.c_int]
+            fwd.argtypes = [view] * 6 + [ptr] * 4 + [i64] * 6 + [flag, flag]
             fwd.restype = ctypes.c_int
             bwd = getattr(self._lib, f"aum_scan_backward_{suffix}")
-            bwd.argtypes = [ptr] * 12 + [i64] * 6 + [ctypes.c_int]
+            bwd.argtypes = [view] * 6 + [ptr] * 4 + [view] * 3 + [ptr] * 5 + [i64] * 6 + [flag, flag]
             bwd.restype = ctypes.c_int
             self.forward[dtype], self.backward[dtype] = fwd, bwd
 
@@ -173,50 +182,78 @@ def library() -> FusedLibrary | None:
     return None
 
 
-def _ptr(t: torch.Tensor) -> int:
-    return t.data_ptr()
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _view(t: torch.Tensor | None, reverse: bool) -> View:
+    """``t`` (time last) as the kernel's view; ``reverse``: time runs from the last step to the first."""
+    if t is None:
+        return View()
+    strides = list(t.stride())
+    data = t.data_ptr()
+    if reverse and t.shape[-1] > 0:
+        data += (t.shape[-1] - 1) * strides[-1] * t.element_size()
+        strides[-1] = -strides[-1]
+    return View(data, (ctypes.c_int64 * 4)(*strides, *[0] * (4 - len(strides))))
+
+
+def _maybe(fn, t):
+    return None if t is None else fn(t)
 
 
 class FusedScan(torch.autograd.Function):
-    """``y = C . h`` over the recurrence, by the C kernels. Same arguments and results as ``_ChunkedScan``:
-    ``u, delta [b, E, L]``, ``A [E, N]``, ``B, C [b, G, N, L]``, all in one dtype (float32 or float64)."""
+    """``selective_scan`` by the C kernels: ``u, delta, z [b, E, L]``, ``A [E, N]``, ``B, C [b, G, N, L]``,
+    ``D, delta_bias [E]`` (``D``, ``z``, ``delta_bias`` may be ``None``), all in one dtype (float32 or float64),
+    any strides. ``reverse`` scans from the last step to the first (the result stays in the input's time order).
+    ``save_states``: keep what the backward needs (the inputs and the chunk checkpoints)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, save_states):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, save_states):
         lib = library()
-        u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
+        A, D, delta_bias = A.contiguous(), _maybe(torch.Tensor.contiguous, D), _maybe(torch.Tensor.contiguous,
+                                                                                        delta_bias)
         batch, channels, length = u.shape
         groups, n = B.shape[1], A.shape[1]
         units = batch * groups * -(-(channels // groups) // lib.lanes)
         n_chunks = -(-length // CHUNK)
-        y = torch.empty_like(u)
+        y = torch.empty_like(delta)
         ckpt = u.new_empty(units * n_chunks * n * lib.lanes) if save_states else None
-        rc = lib.forward[u.dtype](_ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(y),
-                                  None if ckpt is None else _ptr(ckpt), batch, channels, groups, n, length, CHUNK,
-                                  torch.get_num_threads())
+        views = [_view(t, reverse) for t in (u, delta, z, B, C, y)]
+        rc = lib.forward[u.dtype](*views, _ptr(A), _ptr(D), _ptr(delta_bias), _ptr(ckpt), batch, channels, groups,
+                                  n, length, CHUNK, int(softplus), torch.get_num_threads())
         if rc != 0:
             raise MemoryError("fused selective scan: out of memory for its work buffers")
         if save_states:
-            ctx.save_for_backward(u, delta, A, B, C, ckpt)
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+            ctx.softplus, ctx.reverse = softplus, reverse
         return y
 
     @staticmethod
     def backward(ctx, gy):
         lib = library()
-        u, delta, A, B, C, ckpt = ctx.saved_tensors
-        gy = gy.contiguous()
+        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        reverse = ctx.reverse
         batch, channels, length = u.shape
         groups, n = B.shape[1], A.shape[1]
         blocks = -(-(channels // groups) // lib.lanes)
-        gu, gdelta = torch.empty_like(u), torch.empty_like(delta)
+        gu, gdelta, gz = torch.empty_like(u), torch.empty_like(delta), _maybe(torch.empty_like, z)
         gA_part = u.new_empty(batch, channels, n)
+        gD_part = None if D is None else u.new_empty(batch, channels)
+        gbias_part = None if delta_bias is None else u.new_empty(batch, channels)
         gB_part, gC_part = u.new_empty(2, batch, groups, blocks, n, length)
-        rc = lib.backward[u.dtype](_ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(gy), _ptr(ckpt), _ptr(gu),
-                                   _ptr(gdelta), _ptr(gA_part), _ptr(gB_part), _ptr(gC_part), batch, channels,
-                                   groups, n, length, CHUNK, torch.get_num_threads())
+        views = [_view(t, reverse) for t in (u, delta, z, B, C, gy)]
+        grads = [_view(t, reverse) for t in (gu, gdelta, gz)]
+        rc = lib.backward[u.dtype](*views, _ptr(A), _ptr(D), _ptr(delta_bias), _ptr(ckpt), *grads, _ptr(gA_part),
+                                   _ptr(gD_part), _ptr(gbias_part), _ptr(gB_part), _ptr(gC_part), batch, channels,
+                                   groups, n, length, CHUNK, int(ctx.softplus), torch.get_num_threads())
         if rc != 0:
             raise MemoryError("fused selective scan: out of memory for its work buffers")
-        return gu, gdelta, gA_part.sum(0), gB_part.sum(2), gC_part.sum(2), None
+        gB, gC = gB_part.sum(2), gC_part.sum(2)                 # in scan order
+        if reverse:
+            gB, gC = gB.flip(-1), gC.flip(-1)
+        return (gu, gdelta, gA_part.sum(0), gB, gC, _maybe(lambda t: t.sum(0), gD_part), gz,
+                _maybe(lambda t: t.sum(0), gbias_part), None, None, None)
 
 
-__all__ = ["FusedScan", "library", "compiler", "cache_root", "build_key", "CHUNK"]
+__all__ = ["FusedScan", "View", "library", "compiler", "cache_root", "build_key", "CHUNK"]
