@@ -21,7 +21,7 @@ from pretrain.objectives import MAEObjective, SSASTObjective
 from pretrain.run import main as pretrain_main
 from pretrain.run import run as pretrain_run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

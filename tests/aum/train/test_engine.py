@@ -29,7 +29,7 @@ from aum.train.state import latest_checkpoint, load_train_state
 from aum.atomic import DiskFullError
 from aum.train.state import write_train_state
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 

@@ -19,7 +19,7 @@ from eval.records import read_records
 
 SR = 16000
 TINY = {"depth": 2}           # tiny width (D=192), 2 blocks: fast enough for unit tests
-ESC10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "esc10"
+ESC10 = Path(__file__).resolve().parents[3] / "shared" / "data" / "esc10"
 
 
 def _tones(freqs, seconds=0.7, seed=0):

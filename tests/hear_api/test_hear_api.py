@@ -23,7 +23,7 @@ from hear_api import setup_env
 from hear_api.tasks import check_task, esc10_task, manifest_task, synth_event_task, synth_scene_task, write_task
 from hear_api.validate import ValidationError, check_timestamp_output, validate_module
 
-ESC10 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esc10"
+ESC10 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "esc10"
 LENGTHS = [0.05, 1.07, 1.98, 4.0, 5.0]
 
 

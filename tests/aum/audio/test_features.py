@@ -15,7 +15,7 @@ from aum.audio.features import (
     NORM_PRESETS, FbankConfig, epic_logmel, fbank, get_preset, normalize, pad_or_cut, waveform_to_features,
 )
 
-ESC10 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esc10"
+ESC10 = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "esc10"
 
 
 def _sine(sr, seconds=1.0, freq=1000.0, amp=0.5):

@@ -270,7 +270,7 @@ def test_training_on_only_bad_files_with_loader_workers_stops_with_the_report_an
         except UnusableDataError as e:
             print("UNUSABLE", e)
     """))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "UNUSABLE" in proc.stdout and "all failed to load" in proc.stdout and "nan.wav [non_finite]" in proc.stdout

@@ -12,7 +12,7 @@ from eval.prepare import PrepareError, prepare, read_classes
 from eval.prepare.__main__ import main as prepare_cli
 from eval.prepare.audioset import ytid_candidates
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data packs not present at {DATA}")
 
 

@@ -1,6 +1,6 @@
 """The fused CPU scan's build: compile-once cache keyed on source + compiler + CPU + flags, the fallback to the
 torch scan (with one log line) where no compiler works, and whole encoders agreeing across the two backends.
-Its numerics against the reference are in tests/test_scan.py (every scan test runs both CPU backends)."""
+Its numerics against the reference are in tests/aum/ops/test_scan.py (every scan test runs both CPU backends)."""
 import logging
 import os
 import shutil

@@ -1,5 +1,5 @@
 """aum-sweep's checks of every stage's config before anything is submitted (``--dry-run`` included), and the
-reason a job that fails anyway records: its exception's message. Uses the tiny sweep of ``tests/test_sweep.py``;
+reason a job that fails anyway records: its exception's message. Uses the tiny sweep of ``tests/slurm/test_sweep.py``;
 the failing-job test runs on the local executor and, when one answers, on the SLURM cluster."""
 from __future__ import annotations
 
