@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # marks (pyproject.toml) of the tiers whose tests may start Python processes; `make test-fast` leaves them out
@@ -45,3 +46,13 @@ def single_process_env(monkeypatch):
     for k in list(os.environ):
         if k in LAUNCH_VARS or k.startswith("SLURM_"):
             monkeypatch.delenv(k)
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread (restored after): the machine's 2 cores are shared, and small models
+    run faster on one thread there. Modules use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

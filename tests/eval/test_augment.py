@@ -16,12 +16,7 @@ SR = 24000
 CLASSES = ["water"] + [f"c{i}" for i in range(43)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)                      # the test machine's cores are shared
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")     # tests/conftest.py
 
 
 def _official_mask_mean(param: int) -> float:

@@ -29,12 +29,7 @@ recipe: {official: false, epochs: 3, lr: 2.0e-3, batch_size: 8, loss: ce, freqm:
 FAST = ["model.preset=tiny", "model.depth=2", "run.device=cpu", "run.log_every=2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)                      # the test machine's cores are shared
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")     # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
