@@ -22,8 +22,8 @@
  * row-major buffers: A [E, N], D, bias [E];
  *     ckpt: [units, n_chunks, N, LANES]         the state at the start of every chunk of `chunk` steps
  *     gA_part: [batch, E, N], gD_part, gbias_part: [batch, E]   per-batch partial sums (the caller sums them)
- *     gB_part, gC_part: [batch, G, KB, N, L]    partial sums over the KB channel blocks of each group, in
- *                                               scan order (the caller flips them for a backward scan)
+ *     gB_part, gC_part: [batch, G, parts, N, L] partial sums over runs of the channel blocks of each group,
+ *                                               in scan order (the caller flips them for a backward scan)
  *
  * Work is split into units of LANES channels of one group of one batch element (KB = ceil((E/G) / LANES)
  * blocks per group), spread over OpenMP threads. Inside a unit the time axis is walked in chunks: a chunk
@@ -58,20 +58,26 @@ typedef struct {
  * clamped to the normal range ([-126, 127] for float, [-1022, 1023] for double): below it the result is the
  * smallest normal number instead of a denormal or 0, above it the largest power of two instead of +inf
  * (the scan's decays exp(delta * A) have delta > 0 > A, so t <= 0). */
+/* 2^f on [-1/2, 1/2]: the degree-5 minimax polynomial for relative error (7.5e-8; 2.4e-7 in float32 Horner). */
+#define EXP2_C5 1.3276471519102426e-03f
+#define EXP2_C4 9.6755413306664480e-03f
+#define EXP2_C3 5.5507132749621570e-02f
+#define EXP2_C2 2.4022119723934282e-01f
+#define EXP2_C1 6.9314696706386420e-01f
+#define EXP2_C0 1.0000000716546555f
+
 static inline float exp2_f32(float t) {
     t = t > -126.0f ? t : -126.0f;               /* two plain selects: vmaxps / vminps */
     t = t < 127.0f ? t : 127.0f;
     const float shifted = t + 12582912.0f;
     const float k = shifted - 12582912.0f;
     const float f = t - k;
-    float p = 1.5252733804059838e-05f;
-    p = p * f + 1.5403530393381606e-04f;
-    p = p * f + 1.3333558146428441e-03f;
-    p = p * f + 9.6181291076284770e-03f;
-    p = p * f + 5.5504108664821576e-02f;
-    p = p * f + 2.4022650695910071e-01f;
-    p = p * f + 6.9314718055994531e-01f;
-    p = p * f + 1.0f;
+    float p = EXP2_C5;
+    p = p * f + EXP2_C4;
+    p = p * f + EXP2_C3;
+    p = p * f + EXP2_C2;
+    p = p * f + EXP2_C1;
+    p = p * f + EXP2_C0;
     uint32_t bits;
     memcpy(&bits, &shifted, sizeof bits);
     bits = (bits + 127u) << 23;
@@ -107,6 +113,46 @@ static inline double exp2_f64(double t) {
     return p * scale;
 }
 
+#if defined(__AVX512F__) && !defined(AUM_SCAN_PORTABLE)
+/* With AVX-512 (one register = LANES = 16 floats) the float32 forward chunk is written with intrinsics:
+ * 2^t = scalef(2^f, k) for k = round(t), f = t - k. vscalefps multiplies by 2^k with the exponent range handled
+ * in hardware (t far below -126 gives 0, far above 127 gives inf), so it needs no clamps and no bit tricks;
+ * same polynomial as exp2_f32. AUM_SCAN_PORTABLE (or a compiler without AVX-512) selects the plain C loops. */
+#include <immintrin.h>
+#define SCAN_AVX512 1
+static inline __m512 exp2_v16(__m512 t) {
+    const __m512 k = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, k);
+    __m512 p = _mm512_set1_ps(EXP2_C5);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_C4));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_C3));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_C2));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_C1));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_C0));
+    return _mm512_scalef_ps(p, k);
+}
+
+/* out[i] = sum of the 16 lanes of r[i], i < 16, for 16 rows r[i] = rows + 16 i: a transpose-and-add tree (45
+ * shuffles and adds instead of 16 separate horizontal sums). */
+static inline __m512 row_sums_v16(const float *rows) {
+    __m512 t[8], u[4], v[2];
+    for (int i = 0; i < 8; ++i) {              /* per 128-bit quarter: [a0+a2, b0+b2, a1+a3, b1+b3] */
+        const __m512 a = _mm512_loadu_ps(rows + 32 * i), b = _mm512_loadu_ps(rows + 32 * i + 16);
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    }
+    for (int i = 0; i < 4; ++i)                /* per quarter: the quarter's sum of rows 4i .. 4i+3 */
+        u[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * i], t[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(t[2 * i], t[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int i = 0; i < 2; ++i)                /* quarters: rows 8i..8i+3 (halves 0, 1), rows 8i+4..8i+7 */
+        v[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+#else
+#define SCAN_AVX512 0
+#endif
+
 #define LOG2E 1.4426950408889634
 #define LN2 0.6931471805599453
 
@@ -118,16 +164,19 @@ int aum_scan_lanes(void) { return LANES; }
 #define SCAN_EXP2 exp2_f32
 #define SCAN_ATANH_TERMS 6
 #define SCAN_NAME(name) name##_f32
+#define SCAN_VEC SCAN_AVX512
 #include __FILE__
 #undef SCAN_REAL
 #undef SCAN_EXP2
 #undef SCAN_ATANH_TERMS
 #undef SCAN_NAME
+#undef SCAN_VEC
 
 #define SCAN_REAL double
 #define SCAN_EXP2 exp2_f64
 #define SCAN_ATANH_TERMS 16
 #define SCAN_NAME(name) name##_f64
+#define SCAN_VEC 0
 #include __FILE__
 
 #else  /* the body, once per dtype */
@@ -231,10 +280,10 @@ static inline real SCAN_NAME(sigmoid)(real x) {
     return x > 0 ? r : e * r;
 }
 
-/* softplus(x) = max(x, 0) + log1p(exp(-|x|)), with log1p(v) = 2 atanh(v / (2 + v)) by its series (the ratio
- * is at most 1/3); x > 20 gives x, as PyTorch's softplus (threshold 20) does. */
-static inline real SCAN_NAME(softplus)(real x) {
-    const real e = SCAN_EXP2((x > 0 ? -x : x) * (real)LOG2E), r = e / (2 + e), r2 = r * r;
+/* softplus(x) = max(x, 0) + log1p(e) for e = exp(-|x|), with log1p(e) = 2 atanh(e / (2 + e)) by its series (the
+ * ratio is at most 1/3); x > 20 gives x, as PyTorch's softplus (threshold 20) does. */
+static inline real SCAN_NAME(softplus)(real x, real e) {
+    const real r = e / (2 + e), r2 = r * r;
     real p = (real)1 / (2 * SCAN_ATANH_TERMS + 1);
     for (int k = SCAN_ATANH_TERMS - 1; k >= 0; --k) p = p * r2 + (real)1 / (2 * k + 1);
     return x > 20 ? x : (x > 0 ? x : 0) + 2 * r * p;
@@ -249,9 +298,9 @@ static void SCAN_NAME(prepare_delta)(real *restrict dt, real *restrict dsp, cons
         if (softplus) {
 #pragma omp simd
             for (int j = 0; j < LANES; ++j) {
-                const real x = ds[j] + bias[j];
-                ds[j] = SCAN_NAME(softplus)(x);
-                if (dsp) dsp[s * LANES + j] = x > 20 ? 1 : SCAN_NAME(sigmoid)(x);
+                const real x = ds[j] + bias[j], e = SCAN_EXP2((x > 0 ? -x : x) * (real)LOG2E);
+                ds[j] = SCAN_NAME(softplus)(x, e);
+                if (dsp) dsp[s * LANES + j] = x > 20 ? 1 : (x > 0 ? 1 : e) / (1 + e);   /* sigmoid(x) */
             }
         } else {
 #pragma omp simd
@@ -268,12 +317,31 @@ static void SCAN_NAME(forward_chunk)(int64_t len, int64_t N, const real *restric
                                      const real *restrict ut, const real *restrict dt, const real *restrict bt,
                                      const real *restrict ct, real *restrict yt, real *restrict states,
                                      real *restrict decays) {
+#if SCAN_VEC
+    for (int64_t s = 0; s < len; ++s) {
+        const __m512 d = _mm512_loadu_ps(dt + s * LANES), du = _mm512_mul_ps(d, _mm512_loadu_ps(ut + s * LANES));
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t n = 0; n < N; ++n) {
+            const __m512 e = exp2_v16(_mm512_mul_ps(d, _mm512_loadu_ps(a + n * LANES)));
+            const __m512 v = _mm512_fmadd_ps(e, _mm512_loadu_ps(h + n * LANES),
+                                             _mm512_mul_ps(du, _mm512_set1_ps(bt[s * N + n])));
+            _mm512_storeu_ps(h + n * LANES, v);
+            acc = _mm512_fmadd_ps(v, _mm512_set1_ps(ct[s * N + n]), acc);
+            if (states) {
+                _mm512_storeu_ps(states + (s * N + n) * LANES, v);
+                _mm512_storeu_ps(decays + (s * N + n) * LANES, e);
+            }
+        }
+        _mm512_storeu_ps(yt + s * LANES, acc);
+    }
+    return;
+#endif
     for (int64_t s = 0; s < len; ++s) {
         const real *ds = dt + s * LANES, *us = ut + s * LANES;
         real *ys = yt + s * LANES;
-        real du[LANES];
+        real du[LANES], acc[LANES];
 #pragma omp simd
-        for (int j = 0; j < LANES; ++j) { du[j] = ds[j] * us[j]; ys[j] = 0; }
+        for (int j = 0; j < LANES; ++j) { du[j] = ds[j] * us[j]; acc[j] = 0; }
         for (int64_t n = 0; n < N; ++n) {
             const real bn = bt[s * N + n], cn = ct[s * N + n];
             const real *an = a + n * LANES;
@@ -288,17 +356,19 @@ static void SCAN_NAME(forward_chunk)(int64_t len, int64_t N, const real *restric
                     dec[j] = e;
                     keep[j] = v;
                     hn[j] = v;
-                    ys[j] += v * cn;
+                    acc[j] += v * cn;
                 }
             } else {
 #pragma omp simd
                 for (int j = 0; j < LANES; ++j) {
                     const real v = SCAN_EXP2(ds[j] * an[j]) * hn[j] + du[j] * bn;
                     hn[j] = v;
-                    ys[j] += v * cn;
+                    acc[j] += v * cn;
                 }
             }
         }
+#pragma omp simd
+        for (int j = 0; j < LANES; ++j) ys[j] = acc[j];
     }
 }
 
@@ -361,6 +431,43 @@ static void SCAN_NAME(backward_chunk)(int64_t len, int64_t N, const real *restri
                                       const real *restrict bt, const real *restrict ct, real *restrict carry,
                                       real *restrict ga, real *restrict gut, real *restrict gdt,
                                       real *restrict gbt, real *restrict gct) {
+#if SCAN_VEC
+    float rows_c[16 * LANES], rows_b[16 * LANES];     /* per state n: the lanes' terms of gC_t[n] and gB_t[n] */
+    for (int64_t s = len - 1; s >= 0; --s) {
+        const __m512 d = _mm512_loadu_ps(dt + s * LANES), u = _mm512_loadu_ps(ut + s * LANES);
+        const __m512 gs = _mm512_loadu_ps(gst + s * LANES), du = _mm512_mul_ps(d, u);
+        const real *prev = s > 0 ? states + (s - 1) * N * LANES : h0;
+        __m512 ghb = _mm512_setzero_ps(), gexp_a = _mm512_setzero_ps();
+        for (int64_t n0 = 0; n0 < N; n0 += 16) {
+            const int64_t nb = N - n0 < 16 ? N - n0 : 16;
+            for (int64_t i = 0; i < nb; ++i) {
+                const int64_t n = n0 + i, at = (s * N + n) * LANES;
+                const __m512 dec = _mm512_loadu_ps(decays + at);
+                const __m512 gh = _mm512_fmadd_ps(_mm512_set1_ps(ct[s * N + n]), gs,
+                                                  _mm512_loadu_ps(carry + n * LANES));
+                const __m512 gexp = _mm512_mul_ps(_mm512_mul_ps(gh, _mm512_loadu_ps(prev + n * LANES)), dec);
+                _mm512_storeu_ps(rows_c + i * LANES, _mm512_mul_ps(gs, _mm512_loadu_ps(states + at)));
+                _mm512_storeu_ps(rows_b + i * LANES, _mm512_mul_ps(gh, du));
+                ghb = _mm512_fmadd_ps(gh, _mm512_set1_ps(bt[s * N + n]), ghb);
+                gexp_a = _mm512_fmadd_ps(gexp, _mm512_loadu_ps(a + n * LANES), gexp_a);
+                _mm512_storeu_ps(ga + n * LANES, _mm512_fmadd_ps(gexp, d, _mm512_loadu_ps(ga + n * LANES)));
+                _mm512_storeu_ps(carry + n * LANES, _mm512_mul_ps(dec, gh));
+            }
+            if (nb == 16) {
+                _mm512_storeu_ps(gct + s * N + n0, row_sums_v16(rows_c));
+                _mm512_storeu_ps(gbt + s * N + n0, row_sums_v16(rows_b));
+            } else {
+                for (int64_t i = 0; i < nb; ++i) {
+                    gct[s * N + n0 + i] = _mm512_reduce_add_ps(_mm512_loadu_ps(rows_c + i * LANES));
+                    gbt[s * N + n0 + i] = _mm512_reduce_add_ps(_mm512_loadu_ps(rows_b + i * LANES));
+                }
+            }
+        }
+        _mm512_storeu_ps(gut + s * LANES, _mm512_mul_ps(ghb, d));
+        _mm512_storeu_ps(gdt + s * LANES, _mm512_fmadd_ps(gexp_a, _mm512_set1_ps((float)LN2), _mm512_mul_ps(ghb, u)));
+    }
+    return;
+#endif
     for (int64_t s = len - 1; s >= 0; --s) {
         const real *ds = dt + s * LANES, *us = ut + s * LANES, *gys = gst + s * LANES;
         const real *prev = s > 0 ? states + (s - 1) * N * LANES : h0;
@@ -397,19 +504,25 @@ static void SCAN_NAME(backward_chunk)(int64_t len, int64_t N, const real *restri
 
 /* Gradients of sum(gy * y) for y as in aum_scan_forward, from its checkpoints: gu, gdelta, gz (views like u,
  * delta, z; gz absent without z) and the partial sums gA_part, gD_part, gbias_part (NULL without D / bias),
- * gB_part, gC_part. Returns 0, or 1 when memory for the work buffers could not be allocated. */
+ * gB_part, gC_part ([batch, G, parts, N, L]: the channel blocks of a group are split into `parts` runs of
+ * consecutive blocks, one work item each, that add their blocks' terms in block order; the caller sums the
+ * parts, so the result depends on the shapes and `parts`, never on the thread count). Returns 0, or 1 when
+ * memory for the work buffers could not be allocated. */
 int SCAN_NAME(aum_scan_backward)(const aum_view *u, const aum_view *delta, const aum_view *z, const aum_view *B,
                                  const aum_view *C, const aum_view *gy, const real *A, const real *D,
                                  const real *delta_bias, const real *ckpt, const aum_view *gu,
                                  const aum_view *gdelta, const aum_view *gz, real *gA_part, real *gD_part,
                                  real *gbias_part, real *gB_part, real *gC_part, int64_t batch, int64_t E,
-                                 int64_t G, int64_t N, int64_t L, int64_t chunk, int softplus, int nthreads) {
-    const int64_t kb = (E / G + LANES - 1) / LANES, units = batch * G * kb, n_chunks = (L + chunk - 1) / chunk;
+                                 int64_t G, int64_t N, int64_t L, int64_t chunk, int64_t parts, int softplus,
+                                 int nthreads) {
+    const int64_t kb = (E / G + LANES - 1) / LANES, n_chunks = (L + chunk - 1) / chunk;
+    const int64_t per_part = (kb + parts - 1) / parts, items = batch * G * parts;
     const int gated = z && z->data;
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) if(nthreads > 1) schedule(dynamic, 1)
-    for (int64_t unit = 0; unit < units; ++unit) {
-        SCAN_NAME(unit_t) p = SCAN_NAME(locate)(unit, E, G);
+    for (int64_t item = 0; item < items; ++item) {
+        const int64_t bg = item / parts, k_lo = (item % parts) * per_part;
+        const int64_t k_hi = k_lo + per_part < kb ? k_lo + per_part : kb;
         const size_t nw = (size_t)(N * LANES), cw = (size_t)(chunk * LANES), cn = (size_t)(chunk * N);
         real *work = malloc(sizeof(real) * (4 * nw + 4 * LANES + 2 * chunk * nw + 8 * cw + 4 * cn));
         if (!work) {
@@ -422,59 +535,65 @@ int SCAN_NAME(aum_scan_backward)(const aum_view *u, const aum_view *delta, const
         real *ut = decays + chunk * nw, *dt = ut + cw, *dsp = dt + cw, *zt = dsp + cw, *gyt = zt + cw;
         real *gut = gyt + cw, *gdt = gut + cw, *gzt = gdt + cw;
         real *bt = gzt + cw, *ct = bt + cn, *gbt = ct + cn, *gct = gbt + cn;
-        SCAN_NAME(lane_params)(a, dl, bl, A, D, delta_bias, &p, N);
-        memset(carry, 0, sizeof(real) * 2 * nw);                                  /* carry, ga */
-        memset(gdl, 0, sizeof(real) * 2 * LANES);                                 /* gdl, gbl */
-        const int64_t part = ((p.b * G + p.g) * kb + p.k) * N * L;
-        for (int64_t c = n_chunks - 1; c >= 0; --c) {
-            const int64_t t0 = c * chunk, len = L - t0 < chunk ? L - t0 : chunk;
-            const real *h0 = ckpt + (unit * n_chunks + c) * (int64_t)nw;
-            SCAN_NAME(gather)(ut, u, &p, t0, len);
-            SCAN_NAME(gather)(dt, delta, &p, t0, len);
-            SCAN_NAME(gather)(gyt, gy, &p, t0, len);
-            SCAN_NAME(gather_bc)(bt, ct, B, C, &p, N, t0, len);
-            SCAN_NAME(prepare_delta)(dt, dsp, bl, softplus, len);
-            memcpy(h, h0, sizeof(real) * nw);
-            SCAN_NAME(forward_chunk)(len, N, a, h, ut, dt, bt, ct, gut, states, decays);   /* gut: scan out s */
-            if (gated) {                             /* gy <- gs = gy silu(z); gz = gy (s + D u) silu'(z) */
-                SCAN_NAME(gather)(zt, z, &p, t0, len);
-                for (int64_t s = 0; s < len; ++s) {
-                    real *gys = gyt + s * LANES, *gzs = gzt + s * LANES;
-                    const real *zs = zt + s * LANES, *ss = gut + s * LANES, *us = ut + s * LANES;
+        real *gB_item = gB_part + item * N * L, *gC_item = gC_part + item * N * L;
+        memset(gB_item, 0, sizeof(real) * (size_t)(N * L));
+        memset(gC_item, 0, sizeof(real) * (size_t)(N * L));
+        for (int64_t k = k_lo; k < k_hi; ++k) {
+            const int64_t unit = bg * kb + k;               /* the forward's unit: its checkpoints */
+            SCAN_NAME(unit_t) p = SCAN_NAME(locate)(unit, E, G);
+            SCAN_NAME(lane_params)(a, dl, bl, A, D, delta_bias, &p, N);
+            memset(carry, 0, sizeof(real) * 2 * nw);                              /* carry, ga */
+            memset(gdl, 0, sizeof(real) * 2 * LANES);                             /* gdl, gbl */
+            for (int64_t c = n_chunks - 1; c >= 0; --c) {
+                const int64_t t0 = c * chunk, len = L - t0 < chunk ? L - t0 : chunk;
+                const real *h0 = ckpt + (unit * n_chunks + c) * (int64_t)nw;
+                SCAN_NAME(gather)(ut, u, &p, t0, len);
+                SCAN_NAME(gather)(dt, delta, &p, t0, len);
+                SCAN_NAME(gather)(gyt, gy, &p, t0, len);
+                SCAN_NAME(gather_bc)(bt, ct, B, C, &p, N, t0, len);
+                SCAN_NAME(prepare_delta)(dt, dsp, bl, softplus, len);
+                memcpy(h, h0, sizeof(real) * nw);
+                SCAN_NAME(forward_chunk)(len, N, a, h, ut, dt, bt, ct, gut, states, decays);   /* gut: scan s */
+                if (gated) {                         /* gy <- gs = gy silu(z); gz = gy (s + D u) silu'(z) */
+                    SCAN_NAME(gather)(zt, z, &p, t0, len);
+                    for (int64_t s = 0; s < len; ++s) {
+                        real *gys = gyt + s * LANES, *gzs = gzt + s * LANES;
+                        const real *zs = zt + s * LANES, *ss = gut + s * LANES, *us = ut + s * LANES;
+#pragma omp simd
+                        for (int j = 0; j < LANES; ++j) {
+                            const real sg = SCAN_NAME(sigmoid)(zs[j]), y0 = ss[j] + dl[j] * us[j];
+                            gzs[j] = gys[j] * y0 * sg * (1 + zs[j] * (1 - sg));
+                            gys[j] *= zs[j] * sg;
+                        }
+                    }
+                    SCAN_NAME(scatter)(gz, gzt, &p, t0, len);
+                }
+                SCAN_NAME(backward_chunk)(len, N, a, h0, states, decays, ut, dt, gyt, bt, ct, carry, ga, gut,
+                                          gdt, gbt, gct);
+                for (int64_t s = len - 1; s >= 0; --s) {     /* the skip D u and delta's bias + softplus */
+                    real *gus = gut + s * LANES, *gds = gdt + s * LANES;
+                    const real *gys = gyt + s * LANES, *us = ut + s * LANES, *ps = dsp + s * LANES;
 #pragma omp simd
                     for (int j = 0; j < LANES; ++j) {
-                        const real sg = SCAN_NAME(sigmoid)(zs[j]), y0 = ss[j] + dl[j] * us[j];
-                        gzs[j] = gys[j] * y0 * sg * (1 + zs[j] * (1 - sg));
-                        gys[j] *= zs[j] * sg;
+                        gus[j] += dl[j] * gys[j];
+                        gdl[j] += gys[j] * us[j];
+                        gds[j] *= ps[j];
+                        gbl[j] += gds[j];
                     }
                 }
-                SCAN_NAME(scatter)(gz, gzt, &p, t0, len);
+                SCAN_NAME(scatter)(gu, gut, &p, t0, len);
+                SCAN_NAME(scatter)(gdelta, gdt, &p, t0, len);
+                for (int64_t n = 0; n < N; ++n)
+                    for (int64_t s = 0; s < len; ++s) {
+                        gB_item[n * L + t0 + s] += gbt[s * N + n];
+                        gC_item[n * L + t0 + s] += gct[s * N + n];
+                    }
             }
-            SCAN_NAME(backward_chunk)(len, N, a, h0, states, decays, ut, dt, gyt, bt, ct, carry, ga, gut, gdt,
-                                      gbt, gct);
-            for (int64_t s = len - 1; s >= 0; --s) {         /* the skip D u and delta's bias + softplus */
-                real *gus = gut + s * LANES, *gds = gdt + s * LANES;
-                const real *gys = gyt + s * LANES, *us = ut + s * LANES, *ps = dsp + s * LANES;
-#pragma omp simd
-                for (int j = 0; j < LANES; ++j) {
-                    gus[j] += dl[j] * gys[j];
-                    gdl[j] += gys[j] * us[j];
-                    gds[j] *= ps[j];
-                    gbl[j] += gds[j];
-                }
+            for (int64_t j = 0; j < p.w; ++j) {
+                for (int64_t n = 0; n < N; ++n) gA_part[(p.b * E + p.e0 + j) * N + n] = ga[n * LANES + j];
+                if (gD_part) gD_part[p.b * E + p.e0 + j] = gdl[j];
+                if (gbias_part) gbias_part[p.b * E + p.e0 + j] = gbl[j];
             }
-            SCAN_NAME(scatter)(gu, gut, &p, t0, len);
-            SCAN_NAME(scatter)(gdelta, gdt, &p, t0, len);
-            for (int64_t n = 0; n < N; ++n)
-                for (int64_t s = 0; s < len; ++s) {
-                    gB_part[part + n * L + t0 + s] = gbt[s * N + n];
-                    gC_part[part + n * L + t0 + s] = gct[s * N + n];
-                }
-        }
-        for (int64_t j = 0; j < p.w; ++j) {
-            for (int64_t n = 0; n < N; ++n) gA_part[(p.b * E + p.e0 + j) * N + n] = ga[n * LANES + j];
-            if (gD_part) gD_part[p.b * E + p.e0 + j] = gdl[j];
-            if (gbias_part) gbias_part[p.b * E + p.e0 + j] = gbl[j];
         }
         free(work);
     }

@@ -13,8 +13,10 @@ Building: the system C compiler (``$AUM_CC``, else ``$CC``, else ``cc``) compile
 into place, so concurrent first uses cannot see half a library. ``key`` hashes the source, the compiler's path
 and ``--version``, the CPU (model and feature flags) and the compiler flags, so a cache shared between machines
 never serves a binary built for another CPU. Flags are tried in order: ``-march=native -fopenmp``, then
-``-fopenmp``, then neither (one thread). Where no attempt works, ``library()`` returns ``None``, the ``auto``
-backend uses the ``torch`` scan, and one warning says why and how to get the fast path.
+``-fopenmp``, then neither (one thread), each followed by ``$AUM_SCAN_CFLAGS`` when set (for example
+``-DAUM_SCAN_PORTABLE``, which builds the plain C loops instead of the AVX-512 ones). Where no attempt works,
+``library()`` returns ``None``, the ``auto`` backend uses the ``torch`` scan, and one warning says why and how to
+get the fast path.
 
 Autograd: forward stores its inputs (not its output) and the state at the start of every ``CHUNK`` steps
 (``ceil(L / CHUNK) * batch * E * N`` values; nothing under ``torch.no_grad()``); backward recomputes each chunk
@@ -28,6 +30,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("scan_fused.c")
 # Steps per chunk: the backward's checkpoint interval and the forward's tile along time.
 CHUNK = 32
+# The backward's minimum number of parallel work items (see backward_parts).
+WORK_ITEMS = 16
 FLAG_ATTEMPTS = (
     ["-O3", "-march=native", "-fopenmp"],
     ["-O3", "-fopenmp"],
@@ -69,7 +74,7 @@ class FusedLibrary:
             fwd.argtypes = [view] * 6 + [ptr] * 4 + [i64] * 6 + [flag, flag]
             fwd.restype = ctypes.c_int
             bwd = getattr(self._lib, f"aum_scan_backward_{suffix}")
-            bwd.argtypes = [view] * 6 + [ptr] * 4 + [view] * 3 + [ptr] * 5 + [i64] * 6 + [flag, flag]
+            bwd.argtypes = [view] * 6 + [ptr] * 4 + [view] * 3 + [ptr] * 5 + [i64] * 7 + [flag, flag]
             bwd.restype = ctypes.c_int
             self.forward[dtype], self.backward[dtype] = fwd, bwd
 
@@ -154,7 +159,8 @@ def library() -> FusedLibrary | None:
         _unavailable(f"could not run {cc_path} --version or read {SOURCE}: {exc}")
         return None
     first_error = None
-    for flags in FLAG_ATTEMPTS:
+    extra = shlex.split(os.environ.get("AUM_SCAN_CFLAGS", ""))
+    for flags in (attempt + extra for attempt in FLAG_ATTEMPTS):
         target = cache_root() / build_key(cc_path, version, flags + COMMON_FLAGS, source) / "scan_fused.so"
         failed = target.with_name("failed.txt")
         if not target.exists():
@@ -180,6 +186,14 @@ def library() -> FusedLibrary | None:
         return lib
     _unavailable(f"compiling {SOURCE.name} with {cc_path} failed: {first_error}")
     return None
+
+
+def backward_parts(batch: int, groups: int, blocks: int) -> int:
+    """Runs of channel blocks per group that the backward splits its work into: at least ``WORK_ITEMS`` items
+    of ``batch x groups x parts`` where there are blocks enough. Each run accumulates the B / C gradients of its
+    blocks into its own ``[N, L]`` slice (summed afterwards), so fewer runs mean less memory traffic; the count
+    depends on the shapes only, which keeps gradients independent of the thread count."""
+    return max(1, min(blocks, -(-WORK_ITEMS // (batch * groups))))
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -236,20 +250,20 @@ class FusedScan(torch.autograd.Function):
         reverse = ctx.reverse
         batch, channels, length = u.shape
         groups, n = B.shape[1], A.shape[1]
-        blocks = -(-(channels // groups) // lib.lanes)
+        parts = backward_parts(batch, groups, -(-(channels // groups) // lib.lanes))
         gu, gdelta, gz = torch.empty_like(u), torch.empty_like(delta), _maybe(torch.empty_like, z)
         gA_part = u.new_empty(batch, channels, n)
         gD_part = None if D is None else u.new_empty(batch, channels)
         gbias_part = None if delta_bias is None else u.new_empty(batch, channels)
-        gB_part, gC_part = u.new_empty(2, batch, groups, blocks, n, length)
+        gB_part, gC_part = u.new_empty(batch, groups, parts, n, length), u.new_empty(batch, groups, parts, n, length)
         views = [_view(t, reverse) for t in (u, delta, z, B, C, gy)]
         grads = [_view(t, reverse) for t in (gu, gdelta, gz)]
         rc = lib.backward[u.dtype](*views, _ptr(A), _ptr(D), _ptr(delta_bias), _ptr(ckpt), *grads, _ptr(gA_part),
                                    _ptr(gD_part), _ptr(gbias_part), _ptr(gB_part), _ptr(gC_part), batch, channels,
-                                   groups, n, length, CHUNK, int(ctx.softplus), torch.get_num_threads())
+                                   groups, n, length, CHUNK, parts, int(ctx.softplus), torch.get_num_threads())
         if rc != 0:
             raise MemoryError("fused selective scan: out of memory for its work buffers")
-        gB, gC = gB_part.sum(2), gC_part.sum(2)                 # in scan order
+        gB, gC = (gB_part.squeeze(2), gC_part.squeeze(2)) if parts == 1 else (gB_part.sum(2), gC_part.sum(2))
         if reverse:
             gB, gC = gB.flip(-1), gC.flip(-1)
         return (gu, gdelta, gA_part.sum(0), gB, gC, _maybe(lambda t: t.sum(0), gD_part), gz,
