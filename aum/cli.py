@@ -46,7 +46,7 @@ from aum.config import ConfigError, check_overrides, save_config
 
 __all__ = ["EXIT_OK", "EXIT_USAGE", "EXIT_STOPPED", "EXIT_INTERRUPTED", "USER_ERRORS", "RunStopped", "UsageError",
            "CommandLine", "build_argv", "yaml_value", "overrides_help", "run_cli", "error_message",
-           "stopped_message", "save_run_config"]
+           "stopped_message", "save_run_config", "models_main"]
 
 EXIT_OK, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 2, 3, 130
 
@@ -284,3 +284,45 @@ def save_run_config(cfg, out_dir: str | Path, resume: bool = True, may_differ: I
                               f"keys: {shown}. Use another output folder, the run's own settings to resume it, "
                               f"or {resume_key}=false to start it over")
     return save_config(node, path)
+
+
+def models_main(argv=None) -> int:
+    """Entry point of ``aum-models`` (and ``python -m aum models``): the registry of released weights, one line
+    per entry (name, family / preset / mixer, classes, feature preset, label set, whether it is cached, where it
+    comes from), or one entry in full with ``aum-models NAME``. Exit status 0, 2 for an unknown name."""
+    return run_cli("aum-models", _models, argv)
+
+
+def _models(argv: list[str]) -> int:
+    from aum.checkpoint import PRETRAINED, cached, get_pretrained
+    from aum.checkpoint.hub import cache_root
+    from aum.checkpoint.pretrained import LABEL_SETS
+    p = CommandLine("aum-models", "The released weights aum loads by name: aum.create_model(NAME, pretrained=True), "
+                    "load_checkpoint(NAME), --checkpoint NAME, --init imagenet [NAME]. Files are downloaded on first "
+                    "use (Hugging Face cache: HF_HOME; other URLs: $AUM_CACHE, default ~/.cache/aum); with "
+                    "HF_HUB_OFFLINE=1 only cached files are used.")
+    p.add_argument("name", nargs="?", help="show this entry in full")
+    p.add_argument("--family", choices=("aum", "dass"), help="only the entries of this encoder family")
+    args = p.parse(argv)
+    if args.name:
+        e = get_pretrained(args.name)
+        here = cached(e.name)
+        arch = ", ".join(f"{k}={v}" for k, v in e.config_overrides.items())
+        rows = [("name", e.name), ("what", e.description), ("model", f"{e.family} preset {e.preset} ({arch})"),
+                ("features", e.features or "none (fine-tuning uses the benchmark's)"),
+                ("labels", f"{e.labels}: {LABEL_SETS.get(e.labels, '')}" if e.labels else "-"),
+                ("as init", e.init), ("source", e.source), ("sha256", e.sha256 or "not published (unchecked)"),
+                ("cached", str(here) if here else f"no (downloaded on first use; URLs into {cache_root()})"),
+                ("note", e.note or "-")]
+        print("\n".join(f"{k:9} {v}" for k, v in rows))
+        return EXIT_OK
+    entries = [e for e in PRETRAINED.values() if args.family in (None, e.family)]
+    table = [("name", "model", "classes", "features", "labels", "cached", "source")] + [
+        (e.name, f"{e.family}:{e.preset}" + (f"/{dict(e.arch)['mixer']}" if "mixer" in dict(e.arch) else ""),
+         str(e.num_classes), e.features or "-", e.labels or "-", "yes" if cached(e.name) else "-", e.source)
+        for e in entries]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    print(f"\n{len(entries)} entries; aum-models NAME shows one in full (description, checksum, note).")
+    return EXIT_OK

@@ -1,15 +1,17 @@
 """Supervised fine-tuning of an AuM or DASS encoder on a benchmark with its recipe (eval/recipes/<benchmark>.yaml).
 
-    python -m eval.finetune BENCHMARK MANIFEST --init scratch|imagenet PATH|aum PATH|ssl PATH [key=value ...]
+    python -m eval.finetune BENCHMARK MANIFEST --init scratch|imagenet [PATH]|aum PATH|ssl PATH [key=value ...]
     python -m eval.finetune BENCHMARK MANIFEST --random PRESET [key=value ...]     # = --init scratch model.preset=
     python -m eval.finetune esc10 prep/esc10/manifest.jsonl --init ssl runs/pretrain/encoder.safetensors \\
         run.out=runs/ft_esc10 run.fold=all recipe.lr=5e-5
 
 ``BENCHMARK`` is a registered name or a YAML file of the same form; ``MANIFEST`` comes from ``python -m
 eval.prepare`` (``classes.txt`` beside it). ``--init``: ``scratch`` (random, of ``model.preset``: an AuM preset or a
-DASS one such as ``dass_tiny``), ``imagenet`` (Vision Mamba weights), ``aum`` (a released or trained checkpoint:
-official AuM, Hugging Face, DASS ``.pth`` or HF port, or ours, e.g. AudioSet-trained) or ``ssl`` (our pretraining's
-``encoder.safetensors``); the family and architecture come from the checkpoint unless ``model.*`` says otherwise,
+DASS one such as ``dass_tiny``), ``imagenet`` (Vision Mamba weights; without a PATH the registry's
+``vim_small_imagenet``, downloaded on first use), ``aum`` (a released or trained checkpoint: official AuM, Hugging
+Face, DASS ``.pth`` or HF port, or ours, e.g. AudioSet-trained) or ``ssl`` (our pretraining's
+``encoder.safetensors``). A PATH may also be a registered name (``aum-models``), ``hf://org/repo`` or a URL.
+The family and architecture come from the checkpoint unless ``model.*`` says otherwise,
 and the position grid (AuM) and head are adapted (:func:`aum.checkpoint.adapt.load_raw_into`, the body of
 ``init_from_pretrained``).
 
@@ -36,9 +38,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from aum.checkpoint import feature_preset_of, read_checkpoint, save_checkpoint
+from aum.checkpoint import check_reference, feature_preset_of, read_checkpoint, save_checkpoint
 from aum.checkpoint.adapt import load_raw_into
 from aum.checkpoint.official_aum import infer_config
+from aum.checkpoint.pretrained import IMAGENET
 from aum.cli import EXIT_OK, CommandLine, RunStopped, UsageError, run_cli, save_run_config, stopped_message
 from aum.config import load_config, to_dataclass
 from aum.data.datasets import collate_skip_bad, format_bad_file_report
@@ -297,10 +300,11 @@ def finetune(cfg: FinetuneConfig, manifest, init: str = "scratch", path: str | N
     :class:`aum.cli.RunStopped` when a signal stopped the training after a checkpoint (rerun to resume)."""
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {sorted(INITS)}")
+    path = IMAGENET if init == "imagenet" and path is None else path
     if (init == "scratch") != (path is None):
-        raise ValueError("--init scratch takes no checkpoint; imagenet/aum/ssl need one")
-    if path is not None and not Path(path).exists():
-        raise FileNotFoundError(f"init checkpoint {path} not found")
+        raise ValueError("--init scratch takes no checkpoint; aum/ssl need one")
+    if path is not None:
+        check_reference(path)           # a file, or a registered name / URL (fetched when the model is built)
     b, run = cfg.benchmark, cfg.run
     if not b.folds and str(run.fold) != "all":
         raise ValueError(f"run.fold applies to k-fold benchmarks; {b.name} has fixed splits")
@@ -336,7 +340,8 @@ def finetune(cfg: FinetuneConfig, manifest, init: str = "scratch", path: str | N
 
 
 class _InitAction(argparse.Action):
-    """``--init KIND [PATH]``: a kind of :data:`INITS`; ``scratch`` takes no checkpoint, the others one."""
+    """``--init KIND [PATH]``: a kind of :data:`INITS`; ``scratch`` takes no checkpoint, ``imagenet`` one or
+    none (the registry's :data:`~aum.checkpoint.pretrained.IMAGENET`), the others one (a path or a name)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         kind, paths = values[0], values[1:]
@@ -344,6 +349,8 @@ class _InitAction(argparse.Action):
             parser.error(f"--init must be one of {sorted(INITS)}, got {kind!r}")
         if kind == "scratch" and paths:
             parser.error(f"--init scratch takes no checkpoint, got {' '.join(paths)}")
+        if kind == "imagenet" and not paths:
+            paths = [IMAGENET]
         if kind != "scratch" and len(paths) != 1:
             parser.error(f"--init {kind} needs a checkpoint path" if not paths else
                          f"--init {kind} takes one checkpoint path, got {len(paths)}: {' '.join(paths)}")
@@ -359,7 +366,8 @@ def build_parser() -> CommandLine:
     p.add_argument("manifest", help="manifest.jsonl of python -m eval.prepare (classes.txt beside it)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--init", nargs="+", metavar=("KIND", "PATH"), action=_InitAction, default=("scratch", None),
-                     help=f"{' | '.join(INITS)}: scratch (default) takes no PATH, the others a checkpoint PATH")
+                     help=f"{' | '.join(INITS)}: scratch (default) takes no PATH, imagenet an optional one (default: "
+                          f"{IMAGENET}), the others a checkpoint PATH or a registered name (aum-models)")
     src.add_argument("--random", metavar="PRESET", choices=list_models("all"),
                      help="randomly initialised preset, AuM or DASS (the same as --init scratch model.preset=PRESET)")
     return p

@@ -1,5 +1,8 @@
 """Linear probes of a frozen AuM encoder: ``python -m eval.probe BENCHMARK MANIFEST --checkpoint PATH|--random PRESET``.
 
+``--checkpoint`` also takes a registered name of released weights (``aum-models``; ``--init`` then defaults to the
+entry's), an ``hf://org/repo`` reference or a URL: fetched on first use into the Hub / aum cache.
+
 The encoder is frozen; clip embeddings are extracted once per (encoder, benchmark, split) and cached
 (:mod:`eval.embeddings`). A logistic regression on standardised embeddings (:mod:`eval.linear`) is fitted with its
 ``C`` chosen on data that never includes the test rows:
@@ -40,7 +43,8 @@ import numpy as np
 import torch
 
 from aum.cli import CommandLine, UsageError, run_cli
-from aum.checkpoint import feature_preset_of
+from aum.checkpoint import feature_preset_of, is_reference
+from aum.checkpoint.pretrained import lookup
 from aum.data.datasets import read_manifest
 from aum.audio.features import FbankConfig, get_preset
 from aum.models import list_models
@@ -279,11 +283,12 @@ def build_parser() -> CommandLine:
     p.add_argument("benchmark", help="benchmark name, e.g. esc10, esc50, speechcommands, audioset20k")
     p.add_argument("manifest", help="JSON-lines/CSV manifest, or a dataset folder (ESC-10 pack, ESC-50 layout)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="encoder checkpoint (ours, official .pth, HF folder, Vim)")
+    src.add_argument("--checkpoint", help="encoder checkpoint (ours, official .pth, HF folder, Vim), or a registered "
+                                          "name (aum-models), hf://org/repo or URL")
     src.add_argument("--random", metavar="PRESET", choices=list_models("all"),
                      help="randomly initialised preset (AuM or DASS)")
-    p.add_argument("--init", choices=INITS, help="how the encoder started (required with --checkpoint; "
-                                                 "default scratch with --random)")
+    p.add_argument("--init", choices=INITS, help="how the encoder started (required with a --checkpoint file; a "
+                                                 "registered name's own by default; scratch with --random)")
     p.add_argument("--embedding", type=embedding_kind, default=DEFAULT_EMBEDDING,
                    help="clip pooling: mean, max, cls or several joined by + (cls+mean, alias both); "
                         "default: %(default)s")
@@ -316,9 +321,12 @@ def build_parser() -> CommandLine:
 def check_args(args: argparse.Namespace) -> ProbeBenchmark:
     """The benchmark properties a parsed command line (:func:`build_parser`) probes with
     (:func:`probe_benchmark`), checked without building the encoder or reading audio; :class:`aum.cli.UsageError`
-    for a ``--checkpoint`` without its ``--init``."""
+    for a ``--checkpoint`` file without its ``--init`` (a registered name brings its own)."""
     if args.checkpoint and not args.init:
-        raise UsageError("--init is required with --checkpoint (scratch, imagenet, ssl or official)")
+        entry = lookup(args.checkpoint) if is_reference(args.checkpoint) else None
+        if entry is None:
+            raise UsageError("--init is required with --checkpoint (scratch, imagenet, ssl or official)")
+        args.init = entry.init
     return probe_benchmark(args)
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from aum.atomic import atomic_write_text
 
-MODES = ("finetune", "probe", "hear")
+MODES = ("finetune", "probe", "hear", "niah")
+#: what a ``niah`` record (eval.niah) must say in ``extra``: the cell of the needle-in-a-haystack grid
+NIAH_KEYS = ("haystack", "length_frames", "position", "run_mode")
 INITS = ("scratch", "imagenet", "ssl", "official")
 
 
@@ -21,7 +23,9 @@ class ResultRecord:
     ``init`` is how the encoder started: ``scratch`` (random), ``imagenet`` (Vision Mamba weights),
     ``ssl`` (our self-supervised pretraining) or ``official`` (released AuM weights). ``fold`` is the
     cross-validation fold, or ``None`` for a fixed test split. ``metric`` names the score (``accuracy``,
-    ``mAP``, or a HEAR metric such as ``top1_acc``) and ``value`` holds it in [0, 1].
+    ``mAP``, or a HEAR metric such as ``top1_acc``) and ``value`` holds it in [0, 1]. A ``niah`` record (one
+    cell of :mod:`eval.niah`) also names its cell in ``extra`` (:data:`NIAH_KEYS`, and ``snr_db`` for a noise
+    haystack), and its file name does too.
     """
 
     benchmark: str
@@ -44,13 +48,21 @@ class ResultRecord:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; choose one of {INITS}")
+        if self.mode == "niah" and not all(k in self.extra for k in NIAH_KEYS):
+            raise ValueError(f"a niah record needs {', '.join(NIAH_KEYS)} in extra, got {sorted(self.extra)}")
         self.code_version = self.code_version or code_version()
         self.created = self.created or time.strftime("%Y-%m-%dT%H:%M:%S")
 
     def filename(self) -> str:
         """A file name unique to this record's coordinates."""
         fold = "" if self.fold is None else f"_fold{self.fold}"
-        return f"{self.benchmark}_{self.mode}_{self.init}_{self.model}_seed{self.seed}{fold}.json"
+        cell = ""
+        if self.mode == "niah":
+            e = self.extra
+            snr = "" if e.get("snr_db") is None else f"_snr{float(e['snr_db']):g}"
+            cell = (f"_{e['haystack']}{snr}_{int(e['length_frames'])}f_pos{float(e['position']):g}"
+                    f"_{e['run_mode']}")
+        return f"{self.benchmark}_{self.mode}_{self.init}_{self.model}_seed{self.seed}{fold}{cell}.json"
 
 
 def code_version() -> str:

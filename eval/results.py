@@ -5,6 +5,10 @@ imagenet, ssl, official - always all four, a missing cell shows ``-``) with ``me
 Markdown, CSV and LaTeX, plus a grouped bar chart (PNG, error bars = std) and ``summary.csv`` (long format,
 numeric). Rows are the benchmarks of that mode, ``benchmark (model)`` when the mode holds several models.
 
+Needle-in-a-haystack records (mode ``niah``, :mod:`eval.niah`) get their own table instead: rows model x haystack
+x position x run mode, columns the haystack lengths (``niah.md/.csv/.tex``, ``niah_summary.csv``), and the plot of
+score against length (``niah.png``, log x; one line per model and position, the run mode as the line style).
+
 Statistics: records with ``fold="mean"`` (the per-run summaries the probe writes) are left out and recomputed.
 Within a cell, several seeds: each seed's records are averaged over folds, then mean, std and n are over seeds
 (``over="seeds"``); a single seed: over its folds (``over="folds"``), or its one run (``n=1``, no std). ``std`` is
@@ -24,6 +28,8 @@ from eval.records import INITS, MODES, ResultRecord, read_records
 
 MISSING = "-"
 KEYS = ["mode", "benchmark", "model", "init", "metric"]
+NIAH_ROW = ["benchmark", "model", "haystack", "position", "run_mode"]
+_POSITION_NAMES = {0.0: "start", 0.5: "middle", 1.0: "end"}
 
 
 def records_frame(folder) -> pd.DataFrame:
@@ -151,13 +157,126 @@ def bar_chart(summary: pd.DataFrame, mode: str, path, scale: float = 100.0) -> P
     return path
 
 
+def position_name(position: float) -> str:
+    """``start``, ``middle`` and ``end`` for 0, 0.5 and 1; other positions as numbers."""
+    return _POSITION_NAMES.get(float(position), f"{float(position):g}")
+
+
+def niah_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Long table of the ``niah`` records of ``df`` (:func:`records_frame`): one row per benchmark, model, haystack
+    (``babble-x@10dB`` for a noise haystack), position, run mode, metric and length (``length_frames``) with
+    ``mean``, ``std``, ``n`` and ``over`` (seeds, as the other tables)."""
+    cols = NIAH_ROW + ["metric", "length_frames", "mean", "std", "n", "over"]
+    sub = df[df["mode"] == "niah"]
+    if sub.empty:
+        return pd.DataFrame(columns=cols)
+    cells = pd.DataFrame([{"haystack": e["haystack"] + ("" if e.get("snr_db") is None else f"@{e['snr_db']:g}dB"),
+                           "position": float(e["position"]), "run_mode": e["run_mode"],
+                           "length_frames": int(e["length_frames"])} for e in sub["extra"]], index=sub.index)
+    sub = pd.concat([sub.drop(columns=["extra"]), cells], axis=1)
+    out = sub.groupby(NIAH_ROW + ["metric", "length_frames"], sort=True)[["value", "seed", "fold"]] \
+        .apply(_cell_stats).reset_index()
+    out["n"] = out["n"].astype(int)
+    return out[cols]
+
+
+def niah_table(summary: pd.DataFrame, scale: float = 100.0, digits: int = 1, pm: str = "±") -> pd.DataFrame:
+    """Rows model x haystack x position x run mode (``benchmark / model`` when there are several benchmarks),
+    columns ``haystack, position, mode, metric`` and one per length (``5s``, ``10m``, ...), as strings; a
+    missing cell is ``-``, a single run shows its value alone."""
+    from eval.haystack import format_length
+    lengths = sorted(set(summary["length_frames"]))
+    several = summary["benchmark"].nunique() > 1
+    rows = {}
+    for key, g in summary.groupby(NIAH_ROW, sort=True):
+        bench, model, hay, pos, mode = key
+        row = {"haystack": hay, "position": position_name(pos), "mode": mode,
+               "metric": "/".join(sorted(set(g["metric"])))}
+        row.update({format_length(n): MISSING for n in lengths})
+        for _, r in g.iterrows():
+            row[format_length(r["length_frames"])] = (format_cell(r["mean"], r["std"], r["n"], scale, digits, pm)
+                                                      if r["n"] > 1 else f"{r['mean'] * scale:.{digits}f}")
+        rows[(f"{bench} / {model}" if several else model, hay, pos, mode)] = row
+    table = pd.DataFrame([rows[k] for k in sorted(rows)], index=pd.Index([k[0] for k in sorted(rows)], name="model"))
+    return table
+
+
+def niah_plot(summary: pd.DataFrame, path, scale: float = 100.0) -> Path:
+    """Score against haystack length (seconds, log scale) as a PNG: one panel per haystack, one line per model
+    and position (colour; marker by position), the run mode as the line style (``whole`` solid, ``window``
+    dashed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from eval.haystack import format_length
+    hays = sorted(set(summary["haystack"]))
+    fig, axes = plt.subplots(1, len(hays), figsize=(4.6 * len(hays) + 1.6, 3.8), sharey=True, squeeze=False)
+    several = summary["benchmark"].nunique() > 1
+    lines = sorted({(b, m, p) for b, m, p in zip(summary["benchmark"], summary["model"], summary["position"])})
+    styles = {"whole": "-", "window": "--"}
+    markers = {0.0: "o", 0.5: "s", 1.0: "^"}
+    for ax, hay in zip(axes[0], hays):
+        sub = summary[summary["haystack"] == hay]
+        for j, (bench, model, pos) in enumerate(lines):
+            for mode, g in sub[(sub["benchmark"] == bench) & (sub["model"] == model) & (sub["position"] == pos)] \
+                    .groupby("run_mode"):
+                g = g.sort_values("length_frames")
+                name = f"{bench} / {model}" if several else model
+                ax.plot(g["length_frames"] / 100.0, g["mean"] * scale, styles.get(mode, ":"), color=f"C{j % 10}",
+                        marker=markers.get(float(pos), "x"), ms=4, label=f"{name}, {position_name(pos)}, {mode}")
+        ax.set_xscale("log")
+        ticks = sorted(set(summary["length_frames"]))
+        ax.set_xticks([t / 100.0 for t in ticks], [format_length(t) for t in ticks], fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlabel("input length (log scale)")
+        ax.set_title(hay)
+        ax.grid(True, which="both", alpha=0.3)
+    metric = "/".join(sorted(set(summary["metric"])))
+    axes[0][0].set_ylabel(metric + (" (%)" if scale == 100 else ""))
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    for ax in axes[0][:-1]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("needle in a haystack: score against input length")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_niah_tables(frame: pd.DataFrame, out, scale: float = 100.0, digits: int = 1) -> dict:
+    """Write ``niah.md/.csv/.tex``, ``niah_summary.csv`` and ``niah.png`` into ``out`` from the ``niah`` records
+    of ``frame``; returns ``{kind: path}`` and the Markdown under ``"markdown"`` (``{}`` without such records)."""
+    summary = niah_summary(frame)
+    if summary.empty:
+        return {}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = niah_table(summary, scale, digits)
+    md = "### niah\n\n" + to_markdown(table)
+    paths = {"md": out / "niah.md", "csv": out / "niah.csv", "tex": out / "niah.tex", "png": out / "niah.png",
+             "summary": out / "niah_summary.csv"}
+    paths["md"].write_text(md)
+    table.to_csv(paths["csv"])
+    paths["tex"].write_text(to_latex(table, caption="needle in a haystack: score per input length",
+                                     label="tab:niah"))
+    summary.to_csv(paths["summary"], index=False)
+    niah_plot(summary, paths["png"], scale)
+    return {**paths, "markdown": md}
+
+
 def write_tables(folder, out=None, scale: float = 100.0, digits: int = 2, benchmarks=()) -> dict[str, dict]:
     """Gather the records under ``folder`` and write, per mode present, ``<mode>.md/.csv/.tex/.png`` plus
-    ``summary.csv`` into ``out`` (default ``folder/tables``). Returns ``{mode: {kind: path}}`` and the Markdown
-    under ``"markdown"``."""
+    ``summary.csv`` into ``out`` (default ``folder/tables``); ``niah`` records go to their own table and plot
+    (:func:`write_niah_tables`). Returns ``{mode: {kind: path}}`` and the Markdown under ``"markdown"``."""
     out = Path(out) if out else Path(folder) / "tables"
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(records_frame(folder))
+    frame = records_frame(folder)
+    summary = summarise(frame[frame["mode"] != "niah"].reset_index(drop=True))
     summary.to_csv(out / "summary.csv", index=False)
     written = {}
     for mode in [m for m in MODES if m in set(summary["mode"])]:
@@ -171,6 +290,9 @@ def write_tables(folder, out=None, scale: float = 100.0, digits: int = 2, benchm
                                          label=f"tab:{mode}"))
         bar_chart(summary, mode, paths["png"], scale)
         written[mode] = {**paths, "markdown": md}
+    niah = write_niah_tables(frame, out, scale)
+    if niah:
+        written["niah"] = niah
     return written
 
 

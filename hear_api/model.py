@@ -10,7 +10,7 @@ import warnings
 from dataclasses import asdict, dataclass, fields
 
 import torch
-from aum.checkpoint import feature_preset_of, load_checkpoint
+from aum.checkpoint import feature_preset_of, is_reference, load_checkpoint
 from aum.embed import check_audio_batch, column_width, embed_waveform, parse_pooling, pooled_width, scene_embedding
 from aum.audio.features import FbankConfig, get_preset
 from aum.models import AuM, DASS, create_model, list_models
@@ -183,9 +183,9 @@ def build(model_file_path: str = "", **options) -> HearAuM:
         raise TypeError(f"unknown model option(s) {unknown}; valid: {sorted(names | {'arch', 'depth', 'seed'})}")
     opts = EmbeddingOptions(**options)
     path = str(model_file_path or os.environ.get(DEFAULT_ENV, "") or "")
-    if path and path not in ("random", "default"):
+    if path and path not in ("random", "default"):        # a file, or a registered name / hf:// / URL (aum-models)
         encoder = load_checkpoint(path, map_location="cpu")
-        return HearAuM(encoder, opts, source=os.path.abspath(path), trained=True)
+        return HearAuM(encoder, opts, source=path if is_reference(path) else os.path.abspath(path), trained=True)
     torch.manual_seed(seed)
     if depth is not None and arch in list_models("dass"):
         raise ValueError(f"depth is an AuM option; {arch!r} is a DASS preset (its depths are the preset's)")

@@ -1,9 +1,9 @@
 """``python -m slurm.demo`` (what ``make demo`` runs): the project's main job on its built-in default.
 
-It submits ``configs/demo.yaml`` through the sweep launcher (SLURM when a cluster answers, submitit's local
-executor otherwise): a tiny AuM is pretrained on generated audio, then it and a randomly initialised twin are
-linear-probed on two generated labelled tasks; finally the results tables are built. It prints what happened,
-the probe table, and where every output lives.
+It submits ``slurm/examples/demo.yaml`` (package data: an installed wheel runs it too) through the sweep
+launcher (SLURM when a cluster answers, submitit's local executor otherwise): a tiny AuM is pretrained on
+generated audio, then it and a randomly initialised twin are linear-probed on two generated labelled tasks;
+finally the results tables are built. It prints what happened, the probe table, and where every output lives.
 """
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from slurm.state import read_state
 from slurm.spec import load_sweep
 from slurm.status import TERMINAL, build_tables, format_status, job_states, wait_sweep
 
-DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+DEMO = Path(__file__).resolve().parent / "examples" / "demo.yaml"      # shipped inside the package
 
 
 def main(argv=None) -> int:
     """Run the demo sweep end to end and explain its outputs; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m slurm.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sweep", default=str(DEMO), help="sweep file (default: configs/demo.yaml)")
+    p.add_argument("--sweep", default=str(DEMO), help="sweep file (default: the packaged slurm/examples/demo.yaml)")
     p.add_argument("--out", help="output folder (default: the sweep file's out_dir, runs/demo)")
     p.add_argument("--executor", choices=("auto", "slurm", "local"), default="auto")
     p.add_argument("overrides", nargs="*", help="key=value changes to the sweep file")

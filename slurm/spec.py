@@ -14,7 +14,8 @@ A sweep file (OmegaConf YAML; ``key=value`` overrides on the command line) holds
       synth_a: {generate: {clips: 28, duration: 1.0, seed: 0, frames: 128}, finetune_args: {recipe.epochs: 2}}
     inits:                          # initialisations besides the encoders stages produce
       scratch: {preset: tiny, depth: 2}
-      imagenet: {checkpoint: weights/vim_t_midclstok.pth, model: tiny}
+      imagenet: {checkpoint: weights/vim_t_midclstok.pth, model: tiny}   # no checkpoint: vim_small_imagenet
+      dass: {init: official, checkpoint: dass_small_sslam}     # a registered name (aum-models), hf://, or a URL
     stages:
       pretrain:
         kind: pretrain
@@ -23,7 +24,7 @@ A sweep file (OmegaConf YAML; ``key=value`` overrides on the command line) holds
         grid: {model.preset: [tiny, small], objective.name: [ssast, mae]}
       probe:
         kind: probe                 # or finetune
-        encoders: [pretrain, scratch, imagenet]
+        encoders: [pretrain, scratch, imagenet, dass_medium_sslam]   # a registered name needs no inits entry
         benchmarks: [esc50, synth_a]
         seeds: [0, 1, 2]
         args: {embedding: mean}     # plain keys: --flags; dotted keys (run.*, recipe.*): key=value overrides
@@ -33,8 +34,10 @@ A sweep file (OmegaConf YAML; ``key=value`` overrides on the command line) holds
     tables: true                    # build the results tables when everything else has finished
 
 Later stages name earlier ones in ``encoders`` (one encoder per job of that stage) or ``after``; the jobs
-depend on the jobs they need. Relative paths are relative to the current directory. Errors (:class:`SweepError`)
-for an unknown key, stage, benchmark or init, a cycle, or a checkpoint/manifest/config path that does not exist.
+depend on the jobs they need. Relative paths are relative to the current directory. A checkpoint may be a
+registered name of released weights, ``hf://org/repo[/file]`` or a URL: checked by its form here, never downloaded
+(the job fetches it). Errors (:class:`SweepError`) for an unknown key, stage, benchmark or init, a cycle, or a
+checkpoint/manifest/config path that does not exist.
 """
 from __future__ import annotations
 
@@ -46,6 +49,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from aum.checkpoint.hub import check_reference, is_reference
+from aum.checkpoint.pretrained import IMAGENET, list_pretrained, lookup
 from aum.config import ConfigError
 from aum.models.registry import check_model_options
 from eval.records import INITS
@@ -236,10 +241,29 @@ def _init(name: str, raw: dict | None) -> dict:
         return {"init": "scratch", "preset": preset, "depth": raw.get("depth"),
                 "model": raw.get("model") or preset + (f"-d{raw['depth']}" if raw.get("depth") else ""),
                 "label": name}
+    if not raw.get("checkpoint") and init == "imagenet":
+        raw["checkpoint"] = IMAGENET                       # the registry's ImageNet weights
     if not raw.get("checkpoint"):
         raise SweepError(f"inits.{name}: init {init!r} needs a checkpoint path (inits.{name}.checkpoint)")
-    path = _path(raw["checkpoint"], f"inits.{name}: missing checkpoint path")
-    return {"init": init, "checkpoint": path, "model": raw.get("model") or Path(path).stem, "label": name}
+    path = _checkpoint(raw["checkpoint"], f"inits.{name}: missing checkpoint path")
+    return {"init": init, "checkpoint": path, "model": raw.get("model") or _model_name(path), "label": name}
+
+
+def _checkpoint(ref, what: str) -> str:
+    """A checkpoint of the sweep: a registered name, ``hf://`` reference or URL, checked by its form only (no
+    download), kept as written; otherwise a path that must exist, made absolute."""
+    if not is_reference(str(ref)):
+        return _path(ref, what)
+    try:
+        check_reference(str(ref))
+    except ValueError as e:
+        raise SweepError(f"{what.split(':')[0]}: {e}") from None
+    return str(ref)
+
+
+def _model_name(ref: str) -> str:
+    """The model name of a checkpoint in records: a registered name as it is, a file's stem."""
+    return ref if lookup(ref) is not None else Path(ref).stem
 
 
 def _encoders(stage: str, refs: list, stages: dict, produced: dict, inits: dict) -> list[dict]:
@@ -251,8 +275,10 @@ def _encoders(stage: str, refs: list, stages: dict, produced: dict, inits: dict)
             if not KINDS[stages[ref]["kind"]].produces_encoder:
                 raise SweepError(f"stages.{stage}.encoders: stage {ref!r} ({stages[ref]['kind']}) produces no encoder")
             out += [dict(e) for e in produced[ref]]
-        elif ref in inits or ref == "scratch":
+        elif ref in inits or ref in ("scratch", "imagenet"):
             out.append(_init(ref, inits.get(ref)))
+        elif is_reference(ref) and lookup(ref) is not None:        # released weights by name (aum-models)
+            out.append({"init": lookup(ref).init, "checkpoint": ref, "model": ref, "label": ref})
         elif ref in INITS:
             raise SweepError(f"stages.{stage}.encoders: {ref!r} needs a checkpoint: declare inits.{ref}.checkpoint")
         elif "/" in ref or ref.endswith((".safetensors", ".pth", ".pt", ".bin")):
@@ -260,7 +286,8 @@ def _encoders(stage: str, refs: list, stages: dict, produced: dict, inits: dict)
             out.append({"init": "ssl", "checkpoint": path, "model": Path(path).stem,
                         "label": re.sub(r"[^A-Za-z0-9._+-]", "_", Path(path).stem)})
         else:
-            _fail_unknown(f"stage or init in stages.{stage}.encoders", ref, list(stages) + list(inits))
+            _fail_unknown(f"stage, init or released weights (aum-models) in stages.{stage}.encoders", ref,
+                          list(stages) + list(inits) + list_pretrained())
     models = [e["model"] for e in out]
     for e in out:
         if models.count(e["model"]) > 1 and e.get("stage"):

@@ -194,8 +194,8 @@ def _script(name, *args, cwd=None, timeout=300):
                           timeout=timeout, env=env)
 
 
-SCRIPTS = ["aum-encode", "aum-pretrain", "aum-finetune", "aum-prepare", "aum-probe", "aum-results", "aum-sweep",
-           "aum-hear-eval", "aum-hear-tasks", "aum-hear-env"]
+SCRIPTS = ["aum-encode", "aum-models", "aum-pretrain", "aum-finetune", "aum-prepare", "aum-probe", "aum-results",
+           "aum-sweep", "aum-hear-eval", "aum-hear-tasks", "aum-hear-env"]
 
 
 def test_every_console_script_is_tested_here():
@@ -234,6 +234,7 @@ def test_tiny_runs_of_the_console_scripts_exit_0(task, tmp_path):
     manifest = task / "prep" / "manifest.jsonl"
     runs = {
         "aum-encode": ["--seconds", "1"],
+        "aum-models": ["vim_small_imagenet"],
         "aum-pretrain": ["model.depth=2", "data.crop_frames=64", "data.synth_clips=8", "engine.batch_size=2",
                          "engine.max_steps=1", "engine.device=cpu", f"engine.out_dir={tmp_path / 'pre'}"],
         "aum-prepare": ["custom", task / "clips", tmp_path / "prep"],

@@ -1,7 +1,9 @@
 """Reading any supported checkpoint and loading it into a model: :func:`read_checkpoint` (detects our format,
 the official AuM ``.pth``, the AuM Hugging Face folder, Vision Mamba ImageNet weights and the two released DASS
 formats), :func:`load_checkpoint` (the model the file describes, of either family) and
-:func:`init_from_pretrained` (an existing model initialised from a file).
+:func:`init_from_pretrained` (an existing model initialised from a file). Each takes a path or a reference that
+:func:`aum.checkpoint.hub.resolve` turns into one: a registered name (``aum-models``), ``hf://org/repo[/file]``
+or a URL.
 """
 from __future__ import annotations
 
@@ -13,10 +15,13 @@ from pathlib import Path
 import torch
 
 from aum.checkpoint.adapt import load_raw_into
+from aum.audio.features import preset_record
 from aum.checkpoint.files import HF_WEIGHTS, read_tensors
+from aum.checkpoint.hub import is_reference, resolve
 from aum.checkpoint.official_aum import OFFICIAL_OPTIONS, infer_config, read_official
 from aum.checkpoint.official_dass import dass_format, read_dass
 from aum.checkpoint.ours import FORMAT_VERSION, choose_features
+from aum.checkpoint.pretrained import lookup
 from aum.checkpoint.state_dict import CheckpointError, LoadReport, RawCheckpoint, normalize_keys
 from aum.models.aum import AuM
 from aum.models.dass import DASS
@@ -45,7 +50,10 @@ def _read_ours(sd: dict, meta: dict, path: Path) -> RawCheckpoint:
 
 def read_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str = "auto",
                     hints: dict | None = None) -> RawCheckpoint:
-    """Read any supported checkpoint into a :class:`RawCheckpoint` without building a model.
+    """Read any supported checkpoint into a :class:`RawCheckpoint` without building a model. ``path`` may be a
+    registered name, ``hf://`` reference or URL (downloaded on first use, :func:`aum.checkpoint.hub.resolve`);
+    a foreign file read by its registered name carries the entry's feature preset as its record (source
+    ``registry: NAME``).
 
     ``kind="auto"`` detects: our safetensors (has ``aum_config``; AuM or DASS, as its config records); a DASS
     file by its keys (``dass_original``: the released ``.pth``, keys ``module.v.*``; ``dass_hf``: the Hugging
@@ -56,11 +64,22 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str = "au
     ``strides`` and ``if_devide_out``; they win over ``config.json``; see
     :func:`aum.checkpoint.official_aum.read_official`); other kinds ignore them.
     """
-    path = Path(path)
     if kind not in ("auto",) + KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}; choose 'auto' or one of {KINDS}")
+    entry = lookup(path) if is_reference(path) else None
+    raw = _read(resolve(path), map_location, kind, hints)
+    if entry is not None and entry.features and raw.features is None and raw.kind != "aum":
+        frames = (raw.config or {}).get("target_frames")
+        raw = raw._replace(features=preset_record(entry.features, f"registry: {entry.name}", frames))
+    return raw
+
+
+def _read(path: Path, map_location, kind: str, hints: dict | None) -> RawCheckpoint:
+    """:func:`read_checkpoint` of a local path."""
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise FileNotFoundError(f"no checkpoint at {path}"
+                                + ("" if path.is_absolute() or len(path.parts) > 1 else
+                                   " (neither a file nor a registered name: aum-models lists the names)"))
     folder = path if path.is_dir() else path.parent
     if path.is_dir():
         path = next((folder / n for n in HF_WEIGHTS if (folder / n).is_file()), None)
@@ -95,8 +114,8 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str = "au
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu", **config_overrides) -> AuM | DASS:
-    """Build the :class:`AuM` or :class:`DASS` a supported checkpoint holds (see :func:`read_checkpoint`), in
-    eval mode.
+    """Build the :class:`AuM` or :class:`DASS` a supported checkpoint holds (see :func:`read_checkpoint`; a
+    registered name, ``hf://`` reference or URL works as the path), in eval mode.
 
     The config comes from the file (ours, with its family), ``config.json`` (Hugging Face) or the tensor shapes
     (official, Vision Mamba, DASS without ``config.json``); ``config_overrides`` (fields of that family's config)
@@ -106,7 +125,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", **config_overri
     (:data:`aum.checkpoint.official_aum.OFFICIAL_OPTIONS`, e.g. ``strides=(10, 10)``, ``if_devide_out=False``)
     describe the file (``hints`` of :func:`read_checkpoint`).
     The model carries ``feature_preset`` and ``feature_preset_source``: how to feed it (see
-    :func:`feature_preset_of`; a file without a record gets the default and one warning).
+    :func:`feature_preset_of`; a file without a record gets its registry entry's preset when read by name, else
+    the default and one warning).
     """
     official = {k: config_overrides.pop(k) for k in OFFICIAL_OPTIONS if k in config_overrides}
     raw = read_checkpoint(path, map_location=map_location,

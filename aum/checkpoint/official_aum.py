@@ -101,7 +101,7 @@ def read_official(sd: dict[str, torch.Tensor], path, config_file=None,
         warnings.warn(f"{path}: an official .pth does not record where its class token sat; loading it as "
                       f"'middle' (the official default). If it was trained with another position, pass "
                       f"cls_position='head' or 'tail' to load_checkpoint (hints={{'cls_position': ...}} for "
-                      f"read_checkpoint)", stacklevel=3)
+                      f"read_checkpoint)", stacklevel=4)
     if options.get("if_devide_out") is False and config["mixer"] == "v2":
         sd = fold_direction_sum(sd)
     return sd, config

@@ -25,6 +25,8 @@ from aum.atomic import atomic_write
 from aum.config import UnknownPresetError
 from aum.audio.features import FbankConfig, get_preset, preset_from_record, preset_record
 from aum.checkpoint.files import HF_WEIGHTS, sniff_format
+from aum.checkpoint.hub import is_reference, resolve
+from aum.checkpoint.pretrained import lookup
 from aum.checkpoint.state_dict import CheckpointError, CheckpointMismatchError, RawCheckpoint
 from aum.models.aum import AuM
 from aum.models.dass import DASS
@@ -102,9 +104,10 @@ def _recorded_features(checkpoint) -> tuple[FbankConfig | None, str, str]:
                 getattr(checkpoint, "feature_preset_source", None) or f"default: the {type(checkpoint).__name__} "
                                                                        f"family's")
     if isinstance(checkpoint, RawCheckpoint):
-        record, legacy, where = checkpoint.features, checkpoint.metadata, checkpoint.path
+        record, legacy, where, entry = checkpoint.features, checkpoint.metadata, checkpoint.path, None
     else:
-        path = Path(checkpoint)
+        entry = lookup(checkpoint) if is_reference(checkpoint) else None
+        path = resolve(checkpoint)
         if not path.exists():
             raise FileNotFoundError(f"no checkpoint at {path}")
         if path.is_dir():                                    # named as read_checkpoint names it (its weights)
@@ -135,15 +138,19 @@ def _recorded_features(checkpoint) -> tuple[FbankConfig | None, str, str]:
             return get_preset(legacy[key]), where, f"metadata {key!r}"
         except UnknownPresetError as e:
             raise CheckpointError(f"{where}: metadata {key!r}: {e}") from None
+    if entry is not None and entry.features:
+        return get_preset(entry.features), where, f"registry: {entry.name}"       # a released file, by its name
     return None, where, ""
 
 
 def feature_preset_of(checkpoint, explicit: str | FbankConfig | None = None) -> FbankConfig:
-    """The feature preset to feed ``checkpoint`` with (a path, a :class:`RawCheckpoint` or a loaded model).
+    """The feature preset to feed ``checkpoint`` with (a path or any reference of
+    :func:`aum.checkpoint.hub.resolve`, a :class:`RawCheckpoint` or a loaded model).
 
     ``explicit`` (a caller's choice) wins; a warning is logged when it differs from the recorded preset.
-    Otherwise the preset the checkpoint records; a file that records none (official, Hugging Face, Vision
-    Mamba, older aum files) gets :data:`DEFAULT_FEATURE_PRESET` with one warning per file naming it. A model
+    Otherwise the preset the checkpoint records; a released file named by its registry name, the entry's; a
+    file that records none (official, Hugging Face, Vision Mamba, older aum files) gets
+    :data:`DEFAULT_FEATURE_PRESET` with one warning per file naming it. A model
     built in memory without ``feature_preset`` gets the default silently. Only a safetensors header is read.
     """
     return choose_features(checkpoint, explicit)[0]
@@ -171,8 +178,9 @@ def choose_features(checkpoint, explicit=None) -> tuple[FbankConfig, str]:
 
 
 def content_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, streamed (of every file's relative name and bytes for a folder)."""
-    path, h = Path(path), hashlib.sha256()
+    """Hex sha256 of a file's bytes, streamed (of every file's relative name and bytes for a folder); a
+    registered name or URL is resolved (downloaded) first."""
+    path, h = resolve(path), hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
         if path.is_dir():

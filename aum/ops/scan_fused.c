@@ -149,6 +149,17 @@ static inline __m512 row_sums_v16(const float *rows) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(2, 0, 2, 0)),
                          _mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
+
+/* sigmoid(x) from e = exp(-|x|): 1 / (1 + e) for x > 0, e / (1 + e) otherwise. */
+static inline __m512 sigmoid_from_e_v16(__m512 x, __m512 e) {
+    const __mmask16 pos = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ);
+    return _mm512_div_ps(_mm512_mask_blend_ps(pos, e, _mm512_set1_ps(1.0f)), _mm512_add_ps(e, _mm512_set1_ps(1.0f)));
+}
+
+/* exp(-|x|), the one exponential that softplus(x), its derivative and sigmoid(x) share. */
+static inline __m512 exp_neg_abs_v16(__m512 x) {
+    return exp2_v16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)), _mm512_set1_ps((float)1.4426950408889634)));
+}
 #else
 #define SCAN_AVX512 0
 #endif
@@ -293,6 +304,23 @@ static inline real SCAN_NAME(softplus)(real x, real e) {
  * softplus's derivative sigmoid(delta + bias) (1 above the threshold, and 1 everywhere without softplus). */
 static void SCAN_NAME(prepare_delta)(real *restrict dt, real *restrict dsp, const real *restrict bias,
                                      int softplus, int64_t len) {
+#if SCAN_VEC
+    if (softplus) {                           /* the same formulas as the scalar softplus below, 16 lanes at once */
+        const __m512 b = _mm512_loadu_ps(bias), two = _mm512_set1_ps(2.0f), twenty = _mm512_set1_ps(20.0f);
+        for (int64_t s = 0; s < len; ++s) {
+            const __m512 x = _mm512_add_ps(_mm512_loadu_ps(dt + s * LANES), b), e = exp_neg_abs_v16(x);
+            const __m512 r = _mm512_div_ps(e, _mm512_add_ps(two, e)), r2 = _mm512_mul_ps(r, r);
+            __m512 p = _mm512_set1_ps(1.0f / (2 * SCAN_ATANH_TERMS + 1));
+            for (int k = SCAN_ATANH_TERMS - 1; k >= 0; --k) p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / (2 * k + 1)));
+            const __m512 sp = _mm512_fmadd_ps(_mm512_mul_ps(two, r), p, _mm512_max_ps(x, _mm512_setzero_ps()));
+            const __mmask16 big = _mm512_cmp_ps_mask(x, twenty, _CMP_GT_OQ);
+            _mm512_storeu_ps(dt + s * LANES, _mm512_mask_blend_ps(big, sp, x));
+            if (dsp) _mm512_storeu_ps(dsp + s * LANES, _mm512_mask_blend_ps(big, sigmoid_from_e_v16(x, e),
+                                                                            _mm512_set1_ps(1.0f)));
+        }
+        return;
+    }
+#endif
     for (int64_t s = 0; s < len; ++s) {
         real *ds = dt + s * LANES;
         if (softplus) {
@@ -312,7 +340,8 @@ static void SCAN_NAME(prepare_delta)(real *restrict dt, real *restrict dsp, cons
     }
 }
 
-/* One chunk forward: h [N][LANES] in / out; y[s][LANES] = C_s . h_s; states[s] = h after step s (if given). */
+/* One chunk forward: h [N][LANES] in / out; y[s][LANES] = C_s . h_s; states[s] = h after step s and decays[s] =
+ * exp(d_s A) (if given; then h is read only at step 0 and its content afterwards is unspecified). */
 static void SCAN_NAME(forward_chunk)(int64_t len, int64_t N, const real *restrict a, real *restrict h,
                                      const real *restrict ut, const real *restrict dt, const real *restrict bt,
                                      const real *restrict ct, real *restrict yt, real *restrict states,
@@ -321,16 +350,16 @@ static void SCAN_NAME(forward_chunk)(int64_t len, int64_t N, const real *restric
     for (int64_t s = 0; s < len; ++s) {
         const __m512 d = _mm512_loadu_ps(dt + s * LANES), du = _mm512_mul_ps(d, _mm512_loadu_ps(ut + s * LANES));
         __m512 acc = _mm512_setzero_ps();
+        /* with states, row s - 1 of states is the previous h and row s receives the new one (h is not written) */
+        const real *prev = states && s > 0 ? states + (s - 1) * N * LANES : h;
+        real *next = states ? states + s * N * LANES : h;
         for (int64_t n = 0; n < N; ++n) {
             const __m512 e = exp2_v16(_mm512_mul_ps(d, _mm512_loadu_ps(a + n * LANES)));
-            const __m512 v = _mm512_fmadd_ps(e, _mm512_loadu_ps(h + n * LANES),
+            const __m512 v = _mm512_fmadd_ps(e, _mm512_loadu_ps(prev + n * LANES),
                                              _mm512_mul_ps(du, _mm512_set1_ps(bt[s * N + n])));
-            _mm512_storeu_ps(h + n * LANES, v);
+            _mm512_storeu_ps(next + n * LANES, v);
             acc = _mm512_fmadd_ps(v, _mm512_set1_ps(ct[s * N + n]), acc);
-            if (states) {
-                _mm512_storeu_ps(states + (s * N + n) * LANES, v);
-                _mm512_storeu_ps(decays + (s * N + n) * LANES, e);
-            }
+            if (decays) _mm512_storeu_ps(decays + (s * N + n) * LANES, e);
         }
         _mm512_storeu_ps(yt + s * LANES, acc);
     }
@@ -405,6 +434,19 @@ int SCAN_NAME(aum_scan_forward)(const aum_view *u, const aum_view *delta, const 
             SCAN_NAME(prepare_delta)(dt, NULL, bl, softplus, len);
             SCAN_NAME(forward_chunk)(len, N, a, h, ut, dt, bt, ct, yt, NULL, NULL);
             if (gated) SCAN_NAME(gather)(zt, z, &p, t0, len);
+#if SCAN_VEC
+            if (gated) {
+                const __m512 dv = _mm512_loadu_ps(dl);
+                for (int64_t s = 0; s < len; ++s) {
+                    const __m512 zs = _mm512_loadu_ps(zt + s * LANES);
+                    const __m512 v = _mm512_fmadd_ps(dv, _mm512_loadu_ps(ut + s * LANES), _mm512_loadu_ps(yt + s * LANES));
+                    const __m512 silu = _mm512_mul_ps(zs, sigmoid_from_e_v16(zs, exp_neg_abs_v16(zs)));
+                    _mm512_storeu_ps(yt + s * LANES, _mm512_mul_ps(v, silu));
+                }
+                SCAN_NAME(scatter)(y, yt, &p, t0, len);
+                continue;
+            }
+#endif
             for (int64_t s = 0; s < len; ++s) {
                 real *ys = yt + s * LANES;
                 const real *us = ut + s * LANES, *zs = zt + s * LANES;
