@@ -30,7 +30,11 @@
  * of u / delta / z / gy is gathered into a small time-major [t][LANES] tile (channels innermost), so that the
  * loops over channels are unit-stride and vectorise, `exp`, the softplus and the sigmoid included (exp2_f32 /
  * exp2_f64 below are branch-free polynomials, so no vector math library and no -ffast-math are needed).
- * Tail lanes past the block's last channel hold zeros and are never written back.
+ * Tail lanes past the block's last channel hold zeros and are never written back. Where the compiler targets
+ * AVX-512 (-march=native on such a CPU) the float32 inner loops - the chunk recurrences forward and backward,
+ * the softplus and the gate - are written with intrinsics, one 16-float register per time step and state
+ * (SCAN_AVX512 below); the plain C loops stay for every other target and for float64, and compute the same
+ * formulas (tests/aum/ops/test_scan_fused.py builds both and checks each against the reference).
  *
  * The backward recomputes each chunk's states from the checkpoint the forward stored at its start, so
  * memory is ceil(L / chunk) states per channel, never L * N. The file includes itself twice to define the
@@ -158,7 +162,8 @@ static inline __m512 sigmoid_from_e_v16(__m512 x, __m512 e) {
 
 /* exp(-|x|), the one exponential that softplus(x), its derivative and sigmoid(x) share. */
 static inline __m512 exp_neg_abs_v16(__m512 x) {
-    return exp2_v16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)), _mm512_set1_ps((float)1.4426950408889634)));
+    const __m512 neg_abs = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x));
+    return exp2_v16(_mm512_mul_ps(neg_abs, _mm512_set1_ps((float)1.4426950408889634)));
 }
 #else
 #define SCAN_AVX512 0
@@ -311,7 +316,8 @@ static void SCAN_NAME(prepare_delta)(real *restrict dt, real *restrict dsp, cons
             const __m512 x = _mm512_add_ps(_mm512_loadu_ps(dt + s * LANES), b), e = exp_neg_abs_v16(x);
             const __m512 r = _mm512_div_ps(e, _mm512_add_ps(two, e)), r2 = _mm512_mul_ps(r, r);
             __m512 p = _mm512_set1_ps(1.0f / (2 * SCAN_ATANH_TERMS + 1));
-            for (int k = SCAN_ATANH_TERMS - 1; k >= 0; --k) p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / (2 * k + 1)));
+            for (int k = SCAN_ATANH_TERMS - 1; k >= 0; --k)
+                p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / (2 * k + 1)));
             const __m512 sp = _mm512_fmadd_ps(_mm512_mul_ps(two, r), p, _mm512_max_ps(x, _mm512_setzero_ps()));
             const __mmask16 big = _mm512_cmp_ps_mask(x, twenty, _CMP_GT_OQ);
             _mm512_storeu_ps(dt + s * LANES, _mm512_mask_blend_ps(big, sp, x));
@@ -439,7 +445,8 @@ int SCAN_NAME(aum_scan_forward)(const aum_view *u, const aum_view *delta, const 
                 const __m512 dv = _mm512_loadu_ps(dl);
                 for (int64_t s = 0; s < len; ++s) {
                     const __m512 zs = _mm512_loadu_ps(zt + s * LANES);
-                    const __m512 v = _mm512_fmadd_ps(dv, _mm512_loadu_ps(ut + s * LANES), _mm512_loadu_ps(yt + s * LANES));
+                    const __m512 v = _mm512_fmadd_ps(dv, _mm512_loadu_ps(ut + s * LANES),
+                                                     _mm512_loadu_ps(yt + s * LANES));
                     const __m512 silu = _mm512_mul_ps(zs, sigmoid_from_e_v16(zs, exp_neg_abs_v16(zs)));
                     _mm512_storeu_ps(yt + s * LANES, _mm512_mul_ps(v, silu));
                 }
