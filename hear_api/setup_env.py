@@ -1,16 +1,33 @@
 """Build the separate HEAR evaluation environment (hear-eval-kit next to torch 2.11).
 
-``python -m hear_api.setup_env [--venv PATH] [--force]`` creates a virtual environment (default
-``.venv-hear`` in the repository root, git-ignored) holding:
+``python -m hear_api.setup_env [--venv PATH] [--force]`` creates a virtual environment holding:
 
 1. ``torch`` / ``torchaudio`` at the project's version (2.11.0);
 2. the pinned runtime dependencies of hear-eval-kit (``hear_api/requirements-hear.txt``:
    pytorch-lightning 1.9.5, pynvml 11.4.1, scikit-learn, sed_eval, dcase_util, ...);
 3. ``heareval`` and ``hearvalidator`` with ``--no-deps`` (their own pins, numpy 1.19.2 and numba 0.48,
    cannot build on Python 3.11);
-4. this repository (``pip install -e .``), so ``hear_api`` and ``aum`` import there;
+4. this project (see below), so ``hear_api`` and ``aum`` import there;
 5. the fix for event tasks (hear-eval-kit issue 432) applied to the installed
    ``heareval/predictions/task_predictions.py`` (idempotent, see :func:`patch_heareval`).
+
+Where this module runs decides where the environment goes and how the project gets into it:
+
+- **From a checkout** (the folder above ``hear_api`` holds a ``pyproject.toml`` naming ``audio-mamba``,
+  :func:`checkout_root`): default venv ``<repo>/.venv-hear`` (git-ignored); step 4 is ``pip install -e <repo>``;
+  :func:`hear_env` puts the repository root on ``PYTHONPATH`` (the current working tree's code wins over
+  whatever checkout the environment was built from); the fingerprint covers ``pyproject.toml``.
+- **From an installed distribution** (a wheel in site-packages): default venv ``<cache>/hear-venv``, with
+  ``<cache>`` the project's cache root (``$AUM_CACHE``, else ``~/.cache/aum``;
+  :func:`aum.checkpoint.hub.cache_root`); step 4 installs the distribution's runtime requirements
+  (``importlib.metadata``'s ``Requires-Dist`` without the extras' ones, torch/torchaudio kept at 2.11.0), not
+  the project itself; :func:`hear_env` puts on ``PYTHONPATH`` an overlay folder
+  ``<cache>/hear-overlay/<key>`` holding only symlinks to the installed packages hear_api needs
+  (:data:`OVERLAY_PACKAGES`: ``aum``, ``eval``, ``hear_api``), so nothing else of the main environment's
+  site-packages (its torch, numpy, ...) shadows the HEAR venv's own; the fingerprint covers the installed
+  version and its ``Requires-Dist``.
+
+``$AUM_HEAR_VENV`` (or ``--venv``) overrides the default venv in both cases.
 
 TensorFlow is not installed: the commands run with ``hear_api/tf_stub`` on ``PYTHONPATH``
 (:func:`hear_env`), a stand-in providing the few names heareval and hearvalidator touch. The predictions
@@ -25,18 +42,31 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
+from aum.atomic import atomic_write_text
+from aum.checkpoint.hub import cache_root
+
+try:
+    import tomllib
+except ModuleNotFoundError:        # Python 3.10: a line `name = "..."` is looked for instead
+    tomllib = None
+
 PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parent
+REPO_ROOT = PACKAGE_DIR.parent     # a checkout's root, or site-packages when installed (see checkout_root)
+DISTRIBUTION = "audio-mamba"
+# the first-party packages hear_api imports (hear_api -> aum, eval; eval -> aum): what the overlay links
+OVERLAY_PACKAGES = ("aum", "eval", "hear_api")
 TF_STUB = PACKAGE_DIR / "tf_stub"
 REQUIREMENTS = PACKAGE_DIR / "requirements-hear.txt"
-DEFAULT_VENV = REPO_ROOT / ".venv-hear"
 TORCH_VERSION = "2.11.0"
 HEAREVAL = "heareval==2021.1.3"
 HEARVALIDATOR = "hearvalidator==2021.0.2"
@@ -47,9 +77,66 @@ PATCH_OLD = "trainer.fit_loop.current_epoch = grid_point.epoch"
 PATCH_NEW = "trainer.fit_loop.epoch_progress.current.completed = grid_point.epoch"
 
 
+def _project_name(text: str) -> str | None:
+    """``[project] name`` of a ``pyproject.toml`` text (``None`` when it has none or does not parse)."""
+    if tomllib is None:
+        match = re.search(r"""(?m)^name\s*=\s*["']([^"']+)["']""", text)
+        return match.group(1) if match else None
+    try:
+        return tomllib.loads(text).get("project", {}).get("name")
+    except tomllib.TOMLDecodeError:
+        return None
+
+
+def checkout_root() -> Path | None:
+    """The repository root when this ``hear_api`` runs from a checkout (``REPO_ROOT/pyproject.toml`` names
+    :data:`DISTRIBUTION`), else ``None`` (an installed distribution: ``REPO_ROOT`` is site-packages)."""
+    try:
+        text = (REPO_ROOT / "pyproject.toml").read_text()
+    except OSError:
+        return None
+    return REPO_ROOT if _project_name(text) == DISTRIBUTION else None
+
+
+def _distribution_metadata() -> tuple[str, list[str]]:
+    """``(version, Requires-Dist lines)`` of the installed :data:`DISTRIBUTION`."""
+    try:
+        dist = metadata.distribution(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        raise RuntimeError(f"{PACKAGE_DIR}: neither a checkout ({REPO_ROOT / 'pyproject.toml'} does not name "
+                           f"{DISTRIBUTION}) nor an installed distribution ({DISTRIBUTION} not found by "
+                           f"importlib.metadata); install it (pip install {DISTRIBUTION})") from None
+    return dist.version, list(dist.requires or [])
+
+
+def _requirement_name(req: str) -> str:
+    """Normalised project name of a requirement string (``Torch_Audio>=2`` -> ``torch-audio``)."""
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
+    if not match:
+        raise ValueError(f"{DISTRIBUTION} metadata: cannot read the requirement {req!r}")
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower()
+
+
+def runtime_requirements() -> list[str]:
+    """What the installed distribution needs at run time, for the HEAR venv: its ``Requires-Dist`` without the
+    requirements of extras (a marker naming ``extra``), torch and torchaudio pinned to :data:`TORCH_VERSION`."""
+    _, requires = _distribution_metadata()
+    out = []
+    for req in requires:
+        marker = req.partition(";")[2]
+        if re.search(r"\bextra\b", marker) or _requirement_name(req) in ("torch", "torchaudio"):
+            continue
+        out.append(req.strip())
+    return [f"torch=={TORCH_VERSION}", f"torchaudio=={TORCH_VERSION}", *out]
+
+
 def default_venv() -> Path:
-    """The HEAR environment to use: ``$AUM_HEAR_VENV`` if set, else ``<repo>/.venv-hear``."""
-    return Path(os.environ.get("AUM_HEAR_VENV") or DEFAULT_VENV).expanduser()
+    """The HEAR environment to use: ``$AUM_HEAR_VENV`` if set, else ``<repo>/.venv-hear`` in a checkout and
+    ``<cache root>/hear-venv`` (``$AUM_CACHE`` or ``~/.cache/aum``) for an installed distribution."""
+    if os.environ.get("AUM_HEAR_VENV"):
+        return Path(os.environ["AUM_HEAR_VENV"]).expanduser()
+    root = checkout_root()
+    return root / ".venv-hear" if root else cache_root() / "hear-venv"
 
 
 def venv_python(venv: str | os.PathLike) -> Path:
@@ -57,15 +144,49 @@ def venv_python(venv: str | os.PathLike) -> Path:
     return Path(venv) / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
+def _package_dir(name: str) -> Path:
+    """The folder of the importable package ``name`` in this environment (its spec is found, not imported)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the package {name!r} that hear_api needs is not importable here "
+                           f"(is {DISTRIBUTION} installed completely?)")
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
+
+
+def _link(link: Path, target: Path) -> None:
+    """Make ``link`` a symlink to ``target`` (replaced atomically when it points elsewhere)."""
+    if link.is_symlink() and Path(os.readlink(link)) == target:
+        return
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target, target_is_directory=True)
+    os.replace(tmp, link)
+
+
+def overlay() -> Path:
+    """Create (or reuse) the overlay folder for an installed distribution and return it:
+    ``<cache root>/hear-overlay/<key>`` holding one symlink per :data:`OVERLAY_PACKAGES` entry to that
+    package's installed folder (``key``: a hash of those folders, so two environments never share one)."""
+    targets = {name: _package_dir(name) for name in OVERLAY_PACKAGES}
+    key = hashlib.sha256("\0".join(str(t) for t in targets.values()).encode()).hexdigest()[:12]
+    folder = cache_root() / "hear-overlay" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, target in targets.items():
+        _link(folder / name, target)
+    return folder
+
+
 def hear_env(predictions: bool = False, base: dict | None = None) -> dict:
     """Environment variables for running hear-eval-kit commands in the HEAR environment.
 
-    ``PYTHONPATH`` starts with the TensorFlow stand-in and this repository's root (so the current working
-    tree's ``hear_api``/``aum`` win over whatever checkout the environment was built from). With
+    ``PYTHONPATH`` starts with the TensorFlow stand-in and then, in a checkout, this repository's root (so the
+    current working tree's ``hear_api``/``aum`` win over whatever checkout the environment was built from), for
+    an installed distribution the :func:`overlay` folder (never site-packages itself). With
     ``predictions=True`` also ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (for heareval's predictions runner only).
     """
     env = dict(os.environ if base is None else base)
-    parts = [str(TF_STUB), str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    code = checkout_root() or overlay()
+    parts = [str(TF_STUB), str(code)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(parts)
     env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
     if predictions:
@@ -76,10 +197,15 @@ def hear_env(predictions: bool = False, base: dict | None = None) -> dict:
 
 def requirements_fingerprint() -> str:
     """Hash of everything that decides the environment's contents (pins, versions, patch, and the project's
-    own ``pyproject.toml``, whose dependencies ``pip install -e .`` brings in)."""
+    own requirements: a checkout's ``pyproject.toml``, whose dependencies ``pip install -e .`` brings in, or
+    the installed distribution's version and ``Requires-Dist``)."""
     h = hashlib.sha256()
-    pyproject = REPO_ROOT / "pyproject.toml"
-    project = pyproject.read_text() if pyproject.is_file() else ""
+    root = checkout_root()
+    if root:
+        project = (root / "pyproject.toml").read_text()
+    else:
+        version, requires = _distribution_metadata()
+        project = "\n".join([f"{DISTRIBUTION}=={version}", *requires])
     for part in (REQUIREMENTS.read_text(), TORCH_VERSION, HEAREVAL, HEARVALIDATOR, PATCH_NEW, project):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
@@ -124,7 +250,9 @@ def smoke_check(venv: str | os.PathLike) -> None:
             "pytorch_lightning as pl, tensorflow as tf, hear_api; "
             "assert pl.__version__.startswith('1.'), pl.__version__; assert getattr(tf, 'AUM_STUB', False); "
             "print('hear env ok: pytorch-lightning', pl.__version__)")
-    subprocess.run([str(venv_python(venv)), "-c", code], check=True, env=hear_env(), cwd=str(REPO_ROOT))
+    # the working folder is on sys.path under -c: the checkout's root, or the venv (never site-packages)
+    cwd = checkout_root() or Path(venv)
+    subprocess.run([str(venv_python(venv)), "-c", code], check=True, env=hear_env(), cwd=str(cwd))
 
 
 def setup(venv: str | os.PathLike | None = None, force: bool = False, python: str | None = None,
@@ -132,7 +260,8 @@ def setup(venv: str | os.PathLike | None = None, force: bool = False, python: st
     """Create (or reuse) the HEAR environment at ``venv`` and return its path; see the module docstring.
 
     ``python`` is the interpreter that creates the venv (default: the one running this). ``force`` rebuilds
-    from scratch. Raises ``subprocess.CalledProcessError`` when an install step fails (e.g. no network).
+    from scratch. ``editable`` (checkout only) installs the repository with ``-e``; an installed distribution
+    gets its :func:`runtime_requirements` instead (its code comes from :func:`overlay`). Raises ``subprocess.CalledProcessError`` when an install step fails (e.g. no network).
     """
     venv = Path(venv) if venv else default_venv()
     if is_ready(venv) and not force:
@@ -148,10 +277,14 @@ def setup(venv: str | os.PathLike | None = None, force: bool = False, python: st
     _pip(venv, f"torch=={TORCH_VERSION}", f"torchaudio=={TORCH_VERSION}")
     _pip(venv, "-r", str(REQUIREMENTS))
     _pip(venv, "--no-deps", HEAREVAL, HEARVALIDATOR)
-    _pip(venv, *(["-e", str(REPO_ROOT)] if editable else [str(REPO_ROOT)]))
+    root = checkout_root()
+    if root:
+        _pip(venv, *(["-e", str(root)] if editable else [str(root)]))
+    else:
+        _pip(venv, *runtime_requirements())
     print(f"heareval event-task fix: {patch_heareval(venv)}")
     smoke_check(venv)
-    (venv / MARKER).write_text(requirements_fingerprint() + "\n")
+    atomic_write_text(venv / MARKER, requirements_fingerprint() + "\n")
     print(f"HEAR environment ready at {venv} in {time.time() - t0:.0f} s")
     return venv
 
@@ -159,7 +292,7 @@ def setup(venv: str | os.PathLike | None = None, force: bool = False, python: st
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m hear_api.setup_env [--venv PATH] [--force] [--check]``."""
     ap = argparse.ArgumentParser(prog="python -m hear_api.setup_env", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--venv", default=None, help=f"where to build it (default $AUM_HEAR_VENV or {DEFAULT_VENV})")
+    ap.add_argument("--venv", default=None, help=f"where to build it (default $AUM_HEAR_VENV or {default_venv()})")
     ap.add_argument("--force", action="store_true", help="rebuild from scratch")
     ap.add_argument("--python", default=None, help="interpreter that creates the venv (default: this one)")
     ap.add_argument("--check", action="store_true", help="only report whether the environment is ready")
