@@ -1,4 +1,5 @@
-"""Haystacks of the needle-in-a-haystack test (:mod:`eval.niah`), built in feature space, in bounded memory.
+"""Haystacks of the needle-in-a-haystack test (:mod:`eval.niah`), built in feature space in bounded memory, and
+the two ways of running the long input through a classifier.
 
 A *needle* is a labelled clip's normalised features (cut to the classifier's training length); a *haystack* fills
 the rest of a long input of an exact number of frames, and the needle's frames are inserted at a relative
@@ -16,6 +17,9 @@ gives the same haystack, whatever the chunk size; ``stream`` (a stable number pe
 own noise. Position ``p`` puts ``round(p * (total - needle))`` haystack frames before the needle: ``0`` start,
 ``0.5`` centred, ``1`` flush with the end; the needle never overruns the end (the paper's script mishandles that
 case; docs/niah.md).
+
+Run modes: :func:`whole_scores` (the whole input in one encoder pass) and :func:`window_scores` (windows of the
+training length, pooled: max of probabilities by default).
 """
 from __future__ import annotations
 
@@ -29,10 +33,12 @@ import torch
 
 from aum.audio.features import fbank, get_preset, normalize, pad_to_one_frame
 from aum.audio.frames import HOP_SAMPLES, KALDI_SAMPLE_RATE, samples_for_frames
+from aum.embed.windows import window_starts
 
 __all__ = ["HAYSTACK_KINDS", "FRAMES_PER_SECOND", "Haystack", "parse_haystack", "parse_length", "format_length",
            "parse_position", "needle_start", "insert_needle", "rms", "WhiteNoise", "LoopNoise", "babble_loop",
-           "noise_gain", "noise_waveform", "noise_features", "haystack_features", "needle_features", "stream_of"]
+           "noise_gain", "noise_waveform", "noise_features", "haystack_features", "needle_features", "stream_of",
+           "RUN_MODES", "POOLS", "probabilities", "whole_scores", "window_scores"]
 
 HAYSTACK_KINDS = ("zeros", "white", "babble")
 FRAMES_PER_SECOND = 100               # Kaldi fbank: one frame every 10 ms
@@ -41,6 +47,8 @@ BABBLE_VOICES = 6                     # talkers at once in a babble loop
 BABBLE_LOOP_S = 60.0                  # length of the babble loop, tiled over the haystack
 _UNITS = {"f": 1, "s": FRAMES_PER_SECOND, "m": 60 * FRAMES_PER_SECOND, "h": 3600 * FRAMES_PER_SECOND}
 _POSITIONS = {"start": 0.0, "middle": 0.5, "end": 1.0}
+RUN_MODES = ("whole", "window")
+POOLS = ("max", "mean")
 
 
 @dataclass(frozen=True)
@@ -287,3 +295,62 @@ def needle_features(wave: torch.Tensor, preset, max_frames: int | None, name: st
         feats = feats[:int(max_frames)]
     feats = normalize(feats, cfg.mean, cfg.std) if cfg.mean is not None else feats
     return feats, rms(wave[:samples_for_frames(feats.shape[0])].numpy())
+
+
+def probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Class probabilities of logits ``[.., C]``: sigmoid (multi-label) or softmax (single-label), float32."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
+
+
+def whole_scores(model, x: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Probabilities ``[C]`` of the whole input ``x [T, mel]`` in one encoder pass (no grad)."""
+    with torch.no_grad():
+        return probabilities(model(x[None].to(_device(model)))[0], multi_label).cpu()
+
+
+def window_scores(model, x: torch.Tensor, window: int, hop: int, multi_label: bool, pool: str = "max",
+                  batch_size: int = 8, pad_value: float = 0.0, needle: tuple[int, int] | None = None,
+                  constant: bool = False, cache: dict | None = None) -> tuple[torch.Tensor, int]:
+    """``(pooled probabilities [C], windows)`` of ``x [T, mel]`` over windows of ``window`` frames every ``hop``
+    (the last aligned with the end; an input no longer than a window is padded with ``pad_value`` to one window,
+    as in training). ``pool``: ``max`` (each class's largest window probability) or ``mean`` (probabilities of the
+    mean logits).
+
+    ``needle=(a, b)``: the needle's frames; a window clear of them is haystack alone, from haystack frame ``s`` (before
+    the needle) or ``s - (b - a)`` (after it), and its logits are kept in ``cache`` under that offset, so inputs that
+    share a haystack (the positions of one needle) run each haystack window once. ``constant``: every haystack window
+    is the same input (zeros), run once. Share ``cache`` only between inputs with the same haystack."""
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    n = x.shape[0]
+    if n <= window:
+        x = torch.nn.functional.pad(x, (0, 0, 0, window - n), value=pad_value)
+        starts = [0]
+    else:
+        starts = window_starts(n, window, hop)
+    cache = {} if cache is None else cache
+    keys = {}
+    for s in starts:
+        if needle is not None and (s + window <= needle[0] or s >= needle[1]):
+            offset = s if s < needle[0] else s - (needle[1] - needle[0])      # in haystack frames
+            keys[s] = (window, "constant") if constant else (window, offset)
+    logits = {}
+    todo = [s for s in starts if s not in keys]
+    todo += list({keys[s]: s for s in starts if s in keys and keys[s] not in cache}.values())   # one per new key
+    with torch.no_grad():
+        for i in range(0, len(todo), max(1, batch_size)):
+            chunk = todo[i:i + batch_size]
+            out = model(torch.stack([x[s:s + window] for s in chunk]).to(_device(model))).float().cpu()
+            logits.update(zip(chunk, out))
+    for s in todo:
+        if s in keys:
+            cache[keys[s]] = logits[s]
+    rows = torch.stack([cache[keys[s]] if s in keys else logits[s] for s in starts])
+    pooled = probabilities(rows, multi_label).max(dim=0).values if pool == "max" else \
+        probabilities(rows.mean(dim=0), multi_label)
+    return pooled, len(starts)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device

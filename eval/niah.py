@@ -46,18 +46,17 @@ from aum.audio.frames import KALDI_SAMPLE_RATE
 from aum.checkpoint import content_hash, feature_preset_of, load_checkpoint
 from aum.cli import EXIT_OK, CommandLine, UsageError, run_cli
 from aum.data.datasets import load_clip, read_manifest
-from aum.embed.windows import pad_value_for, window_starts
+from aum.embed.windows import pad_value_for
 from aum.models.registry import model_name
 from eval.ft_data import check_entries, manifest_classes
-from eval.haystack import (format_length, haystack_features, babble_loop, insert_needle, needle_features,
-                           parse_haystack, parse_length, parse_position, stream_of)
+from eval.haystack import (POOLS, RUN_MODES, babble_loop, format_length, haystack_features, insert_needle,
+                           needle_features, parse_haystack, parse_length, parse_position, stream_of, whole_scores,
+                           window_scores)
 from eval.metrics import score
 from eval.prepare.custom import hash_unit
 from eval.records import INITS, ResultRecord, write_record
 
 log = logging.getLogger("eval.niah")
-RUN_MODES = ("whole", "window")
-POOLS = ("max", "mean")
 
 
 @dataclass
@@ -145,64 +144,6 @@ def _labels(entry: dict) -> list[str]:
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
 
 
-def probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
-    """Class probabilities of logits ``[.., C]``: sigmoid (multi-label) or softmax (single-label), float32."""
-    logits = logits.float()
-    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
-
-
-def whole_scores(model, x: torch.Tensor, multi_label: bool) -> torch.Tensor:
-    """Probabilities ``[C]`` of the whole input ``x [T, mel]`` in one encoder pass (no grad)."""
-    with torch.no_grad():
-        return probabilities(model(x[None].to(_device(model)))[0], multi_label).cpu()
-
-
-def window_scores(model, x: torch.Tensor, window: int, hop: int, multi_label: bool, pool: str = "max",
-                  batch_size: int = 8, pad_value: float = 0.0, needle: tuple[int, int] | None = None,
-                  constant: bool = False, cache: dict | None = None) -> tuple[torch.Tensor, int]:
-    """``(pooled probabilities [C], windows)`` of ``x [T, mel]`` over windows of ``window`` frames every ``hop``
-    (the last aligned with the end; an input no longer than a window is padded with ``pad_value`` to one window,
-    as in training). ``pool``: ``max`` (each class's largest window probability) or ``mean`` (probabilities of the
-    mean logits).
-
-    ``needle=(a, b)``: the needle's frames; a window clear of them is haystack alone, from haystack frame ``s`` (before
-    the needle) or ``s - (b - a)`` (after it), and its logits are kept in ``cache`` under that offset, so inputs that
-    share a haystack (the positions of one needle) run each haystack window once. ``constant``: every haystack window
-    is the same input (zeros), run once. Share ``cache`` only between inputs with the same haystack."""
-    if pool not in POOLS:
-        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-    n = x.shape[0]
-    if n <= window:
-        x = torch.nn.functional.pad(x, (0, 0, 0, window - n), value=pad_value)
-        starts = [0]
-    else:
-        starts = window_starts(n, window, hop)
-    cache = {} if cache is None else cache
-    keys = {}
-    for s in starts:
-        if needle is not None and (s + window <= needle[0] or s >= needle[1]):
-            keys[s] = (window, "constant") if constant else (window, s if s < needle[0] else s - (needle[1] - needle[0]))
-    logits = {}
-    todo = [s for s in starts if s not in keys]
-    todo += list({keys[s]: s for s in starts if s in keys and keys[s] not in cache}.values())   # one per new key
-    with torch.no_grad():
-        for i in range(0, len(todo), max(1, batch_size)):
-            chunk = todo[i:i + batch_size]
-            out = model(torch.stack([x[s:s + window] for s in chunk]).to(_device(model))).float().cpu()
-            logits.update(zip(chunk, out))
-    for s in todo:
-        if s in keys:
-            cache[keys[s]] = logits[s]
-    rows = torch.stack([cache[keys[s]] if s in keys else logits[s] for s in starts])
-    pooled = probabilities(rows, multi_label).max(dim=0).values if pool == "max" else \
-        probabilities(rows.mean(dim=0), multi_label)
-    return pooled, len(starts)
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _cells(plan: Plan):
     """The grid, grouped by (length, haystack): ``[((length, haystack), [(position, mode), ...]), ...]``."""
     return [((n, h), [(p, m) for p in plan.positions for m in plan.modes])
@@ -244,13 +185,12 @@ def _existing(path: Path, key: str) -> bool:
     return True
 
 
-def _save_partial(path: Path, key: str, done: int, scores: np.ndarray, starts: np.ndarray, seconds: np.ndarray):
+def _save_npz(path: Path, **arrays) -> None:
+    """``arrays`` as one ``.npz`` file, written atomically (its folder made)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
-    def write(f):
-        buf = io.BytesIO()
-        np.savez(buf, key=np.array(key), done=np.array(done), scores=scores, starts=starts, seconds=seconds)
-        f.write(buf.getvalue())
-    atomic_write(path, write)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
 def run(plan: Plan, model) -> list[ResultRecord]:
@@ -321,7 +261,8 @@ def run(plan: Plan, model) -> list[ResultRecord]:
                                                   hay.kind == "zeros", zeros_cache if hay.kind == "zeros" else cache)
                 scores[j, i], starts[j, i] = p.numpy(), s
                 seconds[j] += time.perf_counter() - t1 + share
-            _save_partial(partial, key, i + 1, scores, starts, seconds)
+            _save_npz(partial, key=np.array(key), done=np.array(i + 1), scores=scores, starts=starts,
+                      seconds=seconds)
             bar.update(1)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         for j, (pos, mode, extra) in enumerate(todo):
@@ -332,9 +273,9 @@ def run(plan: Plan, model) -> list[ResultRecord]:
             rec = _record(plan, model_id, value, extra, wall_time_s=float(seconds[j]),
                           config={"lengths": plan.lengths, "positions": plan.positions, "modes": plan.modes,
                                   "haystacks": [h.name for h in plan.haystacks]})
-            pred = out / "predictions" / rec.filename().replace(".json", ".npz")
-            pred.parent.mkdir(parents=True, exist_ok=True)
-            _save_predictions(pred, scores[j], targets, starts[j], plan)
+            _save_npz(out / "predictions" / rec.filename().replace(".json", ".npz"), scores=scores[j], targets=targets,
+                      needle_start=starts[j], classes=np.array(plan.classes),
+                      paths=np.array([e["path"] for e in plan.needles]))
             written.append(rec)
             write_record(rec, out / "records")
         partial.unlink(missing_ok=True)
@@ -342,18 +283,9 @@ def run(plan: Plan, model) -> list[ResultRecord]:
     return written
 
 
-def _save_predictions(path: Path, scores, targets, starts, plan: Plan) -> None:
-    def write(f):
-        buf = io.BytesIO()
-        np.savez(buf, scores=scores, targets=targets, needle_start=starts, classes=np.array(plan.classes),
-                 paths=np.array([e["path"] for e in plan.needles]))
-        f.write(buf.getvalue())
-    atomic_write(path, write)
-
-
 def build_parser() -> CommandLine:
     """The command line of ``aum-niah`` / ``python -m eval.niah`` (:class:`aum.cli.CommandLine`)."""
-    p = CommandLine("aum-niah", __doc__.split("\n\n")[0])
+    p = CommandLine("aum-niah", __doc__)
     p.add_argument("checkpoint", help="a classifier checkpoint with its head (e.g. best.safetensors of eval.finetune)")
     p.add_argument("manifest", help="manifest of labelled clips (python -m eval.prepare; classes.txt beside it)")
     p.add_argument("--lengths", nargs="+", default=["5s", "30s", "1m", "10m"], help="input lengths: 5s 10m 1h 512f ...")

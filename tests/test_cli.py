@@ -195,7 +195,7 @@ def _script(name, *args, cwd=None, timeout=300):
 
 
 SCRIPTS = ["aum-encode", "aum-models", "aum-pretrain", "aum-finetune", "aum-prepare", "aum-probe", "aum-results",
-           "aum-sweep", "aum-hear-eval", "aum-hear-tasks", "aum-hear-env"]
+           "aum-sweep", "aum-hear-eval", "aum-hear-tasks", "aum-hear-env", "aum-niah"]
 
 
 def test_every_console_script_is_tested_here():
@@ -250,6 +250,11 @@ def test_tiny_runs_of_the_console_scripts_exit_0(task, tmp_path):
     for name, args in runs.items():                    # in order: aum-results reads the probe's records
         res = _script(name, *args, cwd=tmp_path)
         assert res.returncode == 0, f"{name}: {res.stderr[-3000:]}"
+    classifier = next((tmp_path / "ft").rglob("best.safetensors"))          # the fine-tuned encoder + head
+    res = _script("aum-niah", classifier, manifest, "--lengths", "2s", "--positions", "0.5", "--haystack", "zeros",
+                  "--modes", "whole", "--benchmark", task / "task.yaml", "--out", tmp_path / "niah", cwd=tmp_path)
+    assert res.returncode == 0, f"aum-niah: {res.stderr[-3000:]}"
+    assert list((tmp_path / "niah" / "records").glob("*.json"))
     assert (tmp_path / "pre" / "encoder.safetensors").is_file() and (tmp_path / "ft" / "records").is_dir()
     assert list((tmp_path / "tables").glob("*.md"))
 

@@ -224,6 +224,12 @@ static real *SCAN_NAME(rows)(const aum_view *v, const SCAN_NAME(unit_t) *p) {
  * The loop order follows the smaller stride, so both layouts are read in memory order. */
 static void SCAN_NAME(load_tile)(real *restrict dst, const real *restrict x, int64_t se, int64_t sl, int64_t t0,
                                  int64_t len, int64_t w) {
+    if (w == LANES && se == 1) {          /* a full block, channels innermost: LANES-wide copies (no memcpy calls) */
+        for (int64_t s = 0; s < len; ++s)
+#pragma omp simd
+            for (int j = 0; j < LANES; ++j) dst[s * LANES + j] = x[(t0 + s) * sl + j];
+        return;
+    }
     memset(dst, 0, sizeof(real) * (size_t)(len * LANES));
     if (llabs(se) <= llabs(sl)) {
         for (int64_t s = 0; s < len; ++s)
@@ -236,6 +242,12 @@ static void SCAN_NAME(load_tile)(real *restrict dst, const real *restrict x, int
 
 static void SCAN_NAME(store_tile)(real *restrict x, const real *restrict src, int64_t se, int64_t sl, int64_t t0,
                                   int64_t len, int64_t w) {
+    if (w == LANES && se == 1) {
+        for (int64_t s = 0; s < len; ++s)
+#pragma omp simd
+            for (int j = 0; j < LANES; ++j) x[(t0 + s) * sl + j] = src[s * LANES + j];
+        return;
+    }
     if (llabs(se) <= llabs(sl)) {
         for (int64_t s = 0; s < len; ++s)
             for (int64_t j = 0; j < w; ++j) x[(t0 + s) * sl + j * se] = src[s * LANES + j];
@@ -248,6 +260,12 @@ static void SCAN_NAME(store_tile)(real *restrict x, const real *restrict src, in
 /* [N states (stride sn) x len steps (stride sl) of x from step t0] -> dst[len][N]. */
 static void SCAN_NAME(load_states)(real *restrict dst, const real *restrict x, int64_t sn, int64_t sl, int64_t N,
                                    int64_t t0, int64_t len) {
+    if (N == 16 && sn == 1) {             /* Mamba's N = 16, states innermost: fixed-width copies */
+        for (int64_t s = 0; s < len; ++s)
+#pragma omp simd
+            for (int n = 0; n < 16; ++n) dst[s * 16 + n] = x[(t0 + s) * sl + n];
+        return;
+    }
     if (llabs(sn) <= llabs(sl)) {
         for (int64_t s = 0; s < len; ++s)
             for (int64_t n = 0; n < N; ++n) dst[s * N + n] = x[(t0 + s) * sl + n * sn];
@@ -407,6 +425,32 @@ static void SCAN_NAME(forward_chunk)(int64_t len, int64_t N, const real *restric
     }
 }
 
+/* In place on a chunk's [len][LANES] tile of scan outputs: y <- (y + D u) * silu(z) (no gate when not gated). */
+static void SCAN_NAME(finish_chunk)(real *restrict yt, const real *restrict ut, const real *restrict zt,
+                                    const real *restrict dl, int gated, int64_t len) {
+#if SCAN_VEC
+    if (gated) {
+        const __m512 dv = _mm512_loadu_ps(dl);
+        for (int64_t s = 0; s < len; ++s) {
+            const __m512 zs = _mm512_loadu_ps(zt + s * LANES);
+            const __m512 v = _mm512_fmadd_ps(dv, _mm512_loadu_ps(ut + s * LANES), _mm512_loadu_ps(yt + s * LANES));
+            _mm512_storeu_ps(yt + s * LANES, _mm512_mul_ps(v, _mm512_mul_ps(zs, sigmoid_from_e_v16(zs,
+                                                                                     exp_neg_abs_v16(zs)))));
+        }
+        return;
+    }
+#endif
+    for (int64_t s = 0; s < len; ++s) {
+        real *ys = yt + s * LANES;
+        const real *us = ut + s * LANES, *zs = zt + s * LANES;
+#pragma omp simd
+        for (int j = 0; j < LANES; ++j) {
+            const real v = ys[j] + dl[j] * us[j];
+            ys[j] = gated ? v * zs[j] * SCAN_NAME(sigmoid)(zs[j]) : v;
+        }
+    }
+}
+
 /* y = (scan(u, d, A, B, C) + D u) * silu(z), d = softplus(delta + bias); z, D, bias may be absent (NULL data /
  * NULL). ckpt (may be NULL) receives the state at each chunk start. Returns 0, or 1 when memory for the work
  * buffers could not be allocated. */
@@ -414,56 +458,52 @@ int SCAN_NAME(aum_scan_forward)(const aum_view *u, const aum_view *delta, const 
                                 const aum_view *C, const aum_view *y, const real *A, const real *D,
                                 const real *delta_bias, real *ckpt, int64_t batch, int64_t E, int64_t G, int64_t N,
                                 int64_t L, int64_t chunk, int softplus, int nthreads) {
-    const int64_t kb = (E / G + LANES - 1) / LANES, units = batch * G * kb, n_chunks = (L + chunk - 1) / chunk;
+    /* Work items: runs of consecutive channel blocks of one group of one batch element, walked chunk by chunk and,
+     * inside a chunk, block by block, so that each chunk's rows of u / delta / z / y are read and written as
+     * contiguous runs of channels (and B, C gathered once per chunk). Channels never interact, so the split (about
+     * four items per thread) changes nothing in the results. */
+    const int64_t kb = (E / G + LANES - 1) / LANES, n_chunks = (L + chunk - 1) / chunk;
+    const int64_t want = (4 * (int64_t)nthreads + batch * G - 1) / (batch * G);
+    const int64_t parts = want < 1 ? 1 : (want > kb ? kb : want), per_part = (kb + parts - 1) / parts;
+    const int64_t items = batch * G * parts;
     const int gated = z && z->data;
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) if(nthreads > 1) schedule(dynamic, 1)
-    for (int64_t unit = 0; unit < units; ++unit) {
-        SCAN_NAME(unit_t) p = SCAN_NAME(locate)(unit, E, G);
+    for (int64_t item = 0; item < items; ++item) {
+        const int64_t bg = item / parts, k_lo = (item % parts) * per_part;
+        const int64_t nblk = (k_lo + per_part < kb ? k_lo + per_part : kb) - k_lo;
         const size_t nw = (size_t)(N * LANES), cw = (size_t)(chunk * LANES), cn = (size_t)(chunk * N);
-        real *work = malloc(sizeof(real) * (2 * nw + 2 * LANES + 4 * cw + 2 * cn));
-        if (!work) {
+        real *work = nblk > 0 ? malloc(sizeof(real) * (nblk * (2 * nw + 2 * LANES) + 4 * cw + 2 * cn)) : NULL;
+        if (nblk > 0 && !work) {
 #pragma omp atomic write
             failed = 1;
             continue;
         }
-        real *a = work, *h = a + nw, *dl = h + nw, *bl = dl + LANES, *ut = bl + LANES, *dt = ut + cw;
-        real *zt = dt + cw, *yt = zt + cw, *bt = yt + cw, *ct = bt + cn;
-        SCAN_NAME(lane_params)(a, dl, bl, A, D, delta_bias, &p, N);
-        memset(h, 0, sizeof(real) * nw);
+        if (nblk <= 0) continue;
+        real *ap = work, *hp = ap + nblk * nw, *dlp = hp + nblk * nw, *blp = dlp + nblk * LANES;
+        real *ut = blp + nblk * LANES, *dt = ut + cw, *zt = dt + cw, *yt = zt + cw, *bt = yt + cw, *ct = bt + cn;
+        SCAN_NAME(unit_t) p0 = SCAN_NAME(locate)(bg * kb + k_lo, E, G);
+        for (int64_t i = 0; i < nblk; ++i) {
+            SCAN_NAME(unit_t) p = SCAN_NAME(locate)(bg * kb + k_lo + i, E, G);
+            SCAN_NAME(lane_params)(ap + i * nw, dlp + i * LANES, blp + i * LANES, A, D, delta_bias, &p, N);
+        }
+        memset(hp, 0, sizeof(real) * nblk * nw);
         for (int64_t c = 0; c < n_chunks; ++c) {
             const int64_t t0 = c * chunk, len = L - t0 < chunk ? L - t0 : chunk;
-            if (ckpt) memcpy(ckpt + (unit * n_chunks + c) * (int64_t)nw, h, sizeof(real) * nw);
-            SCAN_NAME(gather)(ut, u, &p, t0, len);
-            SCAN_NAME(gather)(dt, delta, &p, t0, len);
-            SCAN_NAME(gather_bc)(bt, ct, B, C, &p, N, t0, len);
-            SCAN_NAME(prepare_delta)(dt, NULL, bl, softplus, len);
-            SCAN_NAME(forward_chunk)(len, N, a, h, ut, dt, bt, ct, yt, NULL, NULL);
-            if (gated) SCAN_NAME(gather)(zt, z, &p, t0, len);
-#if SCAN_VEC
-            if (gated) {
-                const __m512 dv = _mm512_loadu_ps(dl);
-                for (int64_t s = 0; s < len; ++s) {
-                    const __m512 zs = _mm512_loadu_ps(zt + s * LANES);
-                    const __m512 v = _mm512_fmadd_ps(dv, _mm512_loadu_ps(ut + s * LANES),
-                                                     _mm512_loadu_ps(yt + s * LANES));
-                    const __m512 silu = _mm512_mul_ps(zs, sigmoid_from_e_v16(zs, exp_neg_abs_v16(zs)));
-                    _mm512_storeu_ps(yt + s * LANES, _mm512_mul_ps(v, silu));
-                }
+            SCAN_NAME(gather_bc)(bt, ct, B, C, &p0, N, t0, len);            /* one group: the same for all blocks */
+            for (int64_t i = 0; i < nblk; ++i) {
+                const int64_t unit = bg * kb + k_lo + i;
+                SCAN_NAME(unit_t) p = SCAN_NAME(locate)(unit, E, G);
+                real *h = hp + i * nw, *dl = dlp + i * LANES;
+                if (ckpt) memcpy(ckpt + (unit * n_chunks + c) * (int64_t)nw, h, sizeof(real) * nw);
+                SCAN_NAME(gather)(ut, u, &p, t0, len);
+                SCAN_NAME(gather)(dt, delta, &p, t0, len);
+                SCAN_NAME(prepare_delta)(dt, NULL, blp + i * LANES, softplus, len);
+                SCAN_NAME(forward_chunk)(len, N, ap + i * nw, h, ut, dt, bt, ct, yt, NULL, NULL);
+                if (gated) SCAN_NAME(gather)(zt, z, &p, t0, len);
+                SCAN_NAME(finish_chunk)(yt, ut, zt, dl, gated, len);
                 SCAN_NAME(scatter)(y, yt, &p, t0, len);
-                continue;
             }
-#endif
-            for (int64_t s = 0; s < len; ++s) {
-                real *ys = yt + s * LANES;
-                const real *us = ut + s * LANES, *zs = zt + s * LANES;
-#pragma omp simd
-                for (int j = 0; j < LANES; ++j) {
-                    const real v = ys[j] + dl[j] * us[j];
-                    ys[j] = gated ? v * zs[j] * SCAN_NAME(sigmoid)(zs[j]) : v;
-                }
-            }
-            SCAN_NAME(scatter)(y, yt, &p, t0, len);
         }
         free(work);
     }

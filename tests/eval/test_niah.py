@@ -12,6 +12,7 @@ from aum.audio.synth import harmonic, write_clips
 from aum.checkpoint import save_checkpoint
 from aum.models.registry import create_model
 from eval import niah
+from eval.haystack import window_scores
 from eval.prepare import prepare
 from eval.prepare.common import read_classes
 from eval.records import ResultRecord, read_records
@@ -68,16 +69,16 @@ def test_window_pooling_matches_a_hand_loop_and_the_zeros_shortcut_changes_nothi
     logits = torch.stack([model(x[s:s + 64][None])[0] for s in starts])
     want_max = torch.softmax(logits, -1).max(0).values
     want_mean = torch.softmax(logits.mean(0), -1)
-    got, n = niah.window_scores(model, x, 64, 32, False, "max", batch_size=3)
+    got, n = window_scores(model, x, 64, 32, False, "max", batch_size=3)
     assert n == len(starts) and torch.allclose(got, want_max)
-    assert torch.allclose(niah.window_scores(model, x, 64, 32, False, "mean")[0], want_mean)
+    assert torch.allclose(window_scores(model, x, 64, 32, False, "mean")[0], want_mean)
     assert int(got.argmax()) == 1                                 # max pooling finds the needle's class
-    assert int(niah.window_scores(model, x, 64, 32, True, "max")[0].argmax()) == 1    # sigmoid, multi-label
+    assert int(window_scores(model, x, 64, 32, True, "max")[0].argmax()) == 1    # sigmoid, multi-label
     zeros = torch.zeros(300, 8)
     zeros[130:170, 1] = 2.0
     model.calls, cache = 0, {}
-    fast, _ = niah.window_scores(model, zeros, 64, 32, False, "max", needle=(130, 170), constant=True, cache=cache)
-    assert torch.allclose(fast, niah.window_scores(Probe(), zeros, 64, 32, False, "max")[0])
+    fast, _ = window_scores(model, zeros, 64, 32, False, "max", needle=(130, 170), constant=True, cache=cache)
+    assert torch.allclose(fast, window_scores(Probe(), zeros, 64, 32, False, "max")[0])
     over = [s for s in starts if s + 64 > 130 and s < 170]
     assert over == [96, 128, 160] and model.calls == len(over) + 1   # the windows over the needle, one zeros window
 
@@ -89,12 +90,12 @@ def test_the_positions_of_a_needle_share_its_haystack_windows():
     model, cache, plain = Probe(), {}, 0
     for position in (0.0, 0.5, 1.0):
         x, s = insert_needle(hay, needle, position)
-        want, n = niah.window_scores(Probe(), x, 64, 32, False, "max")
+        want, n = window_scores(Probe(), x, 64, 32, False, "max")
         plain += n
-        got, _ = niah.window_scores(model, x, 64, 32, False, "max", needle=(s, s + 40), cache=cache)
+        got, _ = window_scores(model, x, 64, 32, False, "max", needle=(s, s + 40), cache=cache)
         assert torch.allclose(got, want)                          # the same answer as without the cache
     assert model.calls < 0.8 * plain                              # but fewer windows run
-    assert niah.window_scores(Probe(), torch.ones(40, 8), 64, 32, False)[1] == 1     # short: one padded window
+    assert window_scores(Probe(), torch.ones(40, 8), 64, 32, False)[1] == 1     # short: one padded window
 
 
 def test_needle_sets_are_class_balanced_and_fixed_by_the_seed():
