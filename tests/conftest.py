@@ -56,3 +56,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def vim_state_dict():
+    """A small Vision Mamba ImageNet-format state dict (width 32, 2 Bi-Bi layers, RGB 16x16 patches, 197 positions,
+    a 1000-class head), seeded: what a released ``vim_s_midclstok`` file holds under ``"model"``, at toy size."""
+    from aum.models import create_model
+    torch.manual_seed(1)
+    layers = create_model("tiny", embed_dim=32, depth=2, mixer="v2").state_dict()
+    sd = {k: torch.randn_like(v) for k, v in layers.items() if k.startswith("layers.")}
+    sd.update({"patch_embed.proj.weight": torch.randn(32, 3, 16, 16), "patch_embed.proj.bias": torch.randn(32),
+               "pos_embed": torch.randn(1, 197, 32), "cls_token": torch.randn(1, 1, 32),
+               "norm_f.weight": torch.randn(32), "head.weight": torch.randn(1000, 32), "head.bias": torch.randn(1000)})
+    return sd

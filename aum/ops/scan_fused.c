@@ -387,8 +387,7 @@ static void SCAN_NAME(forward_chunk)(int64_t len, int64_t N, const real *restric
         }
         _mm512_storeu_ps(yt + s * LANES, acc);
     }
-    return;
-#endif
+#else
     for (int64_t s = 0; s < len; ++s) {
         const real *ds = dt + s * LANES, *us = ut + s * LANES;
         real *ys = yt + s * LANES;
@@ -423,6 +422,7 @@ static void SCAN_NAME(forward_chunk)(int64_t len, int64_t N, const real *restric
 #pragma omp simd
         for (int j = 0; j < LANES; ++j) ys[j] = acc[j];
     }
+#endif
 }
 
 /* In place on a chunk's [len][LANES] tile of scan outputs: y <- (y + D u) * silu(z) (no gate when not gated). */
@@ -473,13 +473,13 @@ int SCAN_NAME(aum_scan_forward)(const aum_view *u, const aum_view *delta, const 
         const int64_t bg = item / parts, k_lo = (item % parts) * per_part;
         const int64_t nblk = (k_lo + per_part < kb ? k_lo + per_part : kb) - k_lo;
         const size_t nw = (size_t)(N * LANES), cw = (size_t)(chunk * LANES), cn = (size_t)(chunk * N);
-        real *work = nblk > 0 ? malloc(sizeof(real) * (nblk * (2 * nw + 2 * LANES) + 4 * cw + 2 * cn)) : NULL;
-        if (nblk > 0 && !work) {
+        if (nblk <= 0) continue;                          /* more parts than blocks: an empty run */
+        real *work = malloc(sizeof(real) * (nblk * (2 * nw + 2 * LANES) + 4 * cw + 2 * cn));
+        if (!work) {
 #pragma omp atomic write
             failed = 1;
             continue;
         }
-        if (nblk <= 0) continue;
         real *ap = work, *hp = ap + nblk * nw, *dlp = hp + nblk * nw, *blp = dlp + nblk * LANES;
         real *ut = blp + nblk * LANES, *dt = ut + cw, *zt = dt + cw, *yt = zt + cw, *bt = yt + cw, *ct = bt + cn;
         SCAN_NAME(unit_t) p0 = SCAN_NAME(locate)(bg * kb + k_lo, E, G);
@@ -555,8 +555,7 @@ static void SCAN_NAME(backward_chunk)(int64_t len, int64_t N, const real *restri
         _mm512_storeu_ps(gut + s * LANES, _mm512_mul_ps(ghb, d));
         _mm512_storeu_ps(gdt + s * LANES, _mm512_fmadd_ps(gexp_a, _mm512_set1_ps((float)LN2), _mm512_mul_ps(ghb, u)));
     }
-    return;
-#endif
+#else
     for (int64_t s = len - 1; s >= 0; --s) {
         const real *ds = dt + s * LANES, *us = ut + s * LANES, *gys = gst + s * LANES;
         const real *prev = s > 0 ? states + (s - 1) * N * LANES : h0;
@@ -589,6 +588,7 @@ static void SCAN_NAME(backward_chunk)(int64_t len, int64_t N, const real *restri
             gdt[s * LANES + j] = ghb[j] * us[j] + gexp_a[j] * (real)LN2;
         }
     }
+#endif
 }
 
 /* Gradients of sum(gy * y) for y as in aum_scan_forward, from its checkpoints: gu, gdelta, gz (views like u,

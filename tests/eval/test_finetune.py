@@ -274,14 +274,8 @@ def test_an_unknown_model_preset_over_a_checkpoint_names_the_valid_presets(tmp_p
     assert str(err.value) == "unknown AuM preset 'huge'; valid presets: base, small, tiny"
 
 
-def test_build_model_from_vision_mamba_weights(tmp_path):
-    from aum.models import create_model
-    torch.manual_seed(1)
-    layers = create_model("tiny", embed_dim=32, depth=2, mixer="v2").state_dict()
-    sd = {k: torch.randn_like(v) for k, v in layers.items() if k.startswith("layers.")}
-    sd.update({"patch_embed.proj.weight": torch.randn(32, 3, 16, 16), "patch_embed.proj.bias": torch.randn(32),
-               "pos_embed": torch.randn(1, 197, 32), "cls_token": torch.randn(1, 1, 32),
-               "norm_f.weight": torch.randn(32), "head.weight": torch.randn(1000, 32), "head.bias": torch.randn(1000)})
+def test_build_model_from_vision_mamba_weights(tmp_path, vim_state_dict):
+    sd = vim_state_dict
     torch.save({"model": sd}, tmp_path / "vim_s_midclstok.pth")
     model, report = ft.build_model(ft.load_finetune_config("speechcommands"), "imagenet",
                                    str(tmp_path / "vim_s_midclstok.pth"))

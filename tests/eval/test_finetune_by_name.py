@@ -8,21 +8,15 @@ import torch
 import eval.finetune as ft
 from aum.checkpoint import hub
 from aum.checkpoint.pretrained import IMAGENET, PRETRAINED, Pretrained
-from aum.models import create_model
 
 
 @pytest.fixture
-def vim_release(tmp_path, monkeypatch):
+def vim_release(tmp_path, monkeypatch, vim_state_dict):
     """A Vision Mamba-format file (RGB patches, 197 positions, training args beside the weights) registered at a
     file:// URL."""
     monkeypatch.setattr(hub, "cache_root", lambda: tmp_path / "cache")       # (AUM_CACHE would move the kernels too)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    torch.manual_seed(1)
-    layers = create_model("tiny", embed_dim=32, depth=2, mixer="v2").state_dict()
-    sd = {k: torch.randn_like(v) for k, v in layers.items() if k.startswith("layers.")}
-    sd.update({"patch_embed.proj.weight": torch.randn(32, 3, 16, 16), "patch_embed.proj.bias": torch.randn(32),
-               "pos_embed": torch.randn(1, 197, 32), "cls_token": torch.randn(1, 1, 32),
-               "norm_f.weight": torch.randn(32), "head.weight": torch.randn(1000, 32), "head.bias": torch.randn(1000)})
+    sd = vim_state_dict
     torch.save({"model": sd, "args": argparse.Namespace(lr=5e-4)}, tmp_path / "vim.pth")
     entry = Pretrained("test_vim", "aum", "small", 1000, "a test Vim", url=(tmp_path / "vim.pth").as_uri(),
                        filename="vim.pth", labels="imagenet1k", init="imagenet")
